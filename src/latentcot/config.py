@@ -1,0 +1,193 @@
+"""Typed dataclass configs: YAML in, `key=value` overrides, resolved config saved with each run.
+
+A run's config has sections (run, generation, method, train, ...), each a dataclass. A user writes keys
+either flat (`temperature=0.7`, found in whichever section has that field) or dotted (`generation.temperature=0.7`).
+A flat key that several sections hold must be written dotted; the error says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from latentcot.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp: Any, field_name: str) -> Any:
+    """Converts `value` (a YAML value or a command-line string) to the annotated type `tp`."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in {"none", "null", ""}):
+        if optional:
+            return None
+        raise ConfigError(f"{field_name}: a value is required")
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in _TRUE:
+                return True
+            if s in _FALSE:
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            return str(value)
+        if origin in (list, tuple):
+            (inner, *_rest) = typing.get_args(tp) or (str,)
+            if isinstance(value, str):
+                items = [v for v in (s.strip() for s in value.split(",")) if v != ""]
+            else:
+                items = list(value)
+            out = [coerce(v, inner, field_name) for v in items]
+            return out if origin is list else tuple(out)
+        if origin is dict or tp is dict:
+            if isinstance(value, dict):
+                return value
+            raise ValueError
+        if typing.get_origin(tp) is typing.Literal:
+            allowed = typing.get_args(tp)
+            if value in allowed:
+                return value
+            raise ConfigError(f"{field_name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field_name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type, data: dict[str, Any], section: str = "") -> Any:
+    """Builds dataclass `cls` from a dict, coercing types; unknown keys are an error with close names."""
+    types_ = field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types_:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(types_), n=3)
+            where = f"{section}." if section else ""
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {where}{key}{hint}")
+        kwargs[key] = coerce(value, types_[key], f"{section + '.' if section else ''}{key}")
+    return cls(**kwargs)
+
+
+def replace(obj: Any, updates: dict[str, Any], section: str = "") -> Any:
+    """Like dataclasses.replace, with type coercion and validation (`__post_init__`) of the result."""
+    merged = {**dataclasses.asdict(obj), **updates}
+    # asdict recurses into nested dataclasses; configs here are flat, so this round-trips.
+    return from_dict(type(obj), merged, section)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def parse_kv(items: list[str]) -> dict[str, str]:
+    """`["a=1", "b.c=x"]` -> `{"a": "1", "b.c": "x"}`; a word without `=` is an error."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+    return data
+
+
+def split_sections(values: dict[str, Any], sections: dict[str, type]) -> dict[str, dict[str, Any]]:
+    """Routes flat or dotted keys to the config section that owns them.
+
+    Args:
+        values: keys like `temperature`, `generation.temperature`, or nested dicts `{generation: {...}}`.
+        sections: section name -> dataclass type.
+    Returns:
+        section name -> {field: raw value}.
+    """
+    fields = {name: set(field_types(cls)) for name, cls in sections.items()}
+    routed: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in sections and isinstance(value, dict):
+            for k, v in value.items():
+                flat[f"{key}.{k}"] = v
+        else:
+            flat[key] = value
+    for key, value in flat.items():
+        if "." in key:
+            sec, name = key.split(".", 1)
+            if sec not in sections:
+                raise ConfigError(f"unknown config section {sec!r} in {key!r}; sections: {', '.join(sections)}")
+            if name not in fields[sec]:
+                _raise_unknown(key, fields)
+            routed[sec][name] = value
+            continue
+        owners = [sec for sec, names in fields.items() if key in names]
+        if not owners:
+            _raise_unknown(key, fields)
+        if len(owners) > 1:
+            raise ConfigError(
+                f"config key {key!r} is ambiguous: write one of {', '.join(f'{o}.{key}' for o in owners)}"
+            )
+        routed[owners[0]][key] = value
+    return routed
+
+
+def _raise_unknown(key: str, fields: dict[str, set[str]]) -> None:
+    import difflib
+
+    known = sorted({n for names in fields.values() for n in names} | {f"{s}.{n}" for s, ns in fields.items() for n in ns})
+    close = difflib.get_close_matches(key.split(".")[-1], known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def check(cond: bool, field_name: str, message: str) -> None:
+    """Validation helper for `__post_init__`: raises ConfigError naming the field."""
+    if not cond:
+        raise ConfigError(f"{field_name}: {message}")
