@@ -1,0 +1,34 @@
+"""Evaluate a method on a task. Writes config.yaml, samples.jsonl and metrics.json into --out;
+re-running the same command resumes and never repeats finished work.
+
+Example: latentcot eval --method cot --model tiny-llama --task gsm8k --limit 4 max_new_tokens=32"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from latentcot.cli.common import add_run_arguments, collect
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from latentcot.pipeline import evaluate_run, resolve
+
+    res = resolve(collect(args), args.config)
+    metrics = evaluate_run(res)
+    print(format_metrics(metrics))
+    print(f"wrote {res.out_dir}/samples.jsonl and metrics.json")
+    return 0
+
+
+def format_metrics(m: dict) -> str:
+    keys = [k for k in m if k.startswith(("accuracy", "pass@", "sc@"))]
+    parts = [f"{k} {m[k]['mean']:.2f}" + (f"±{m[k]['std']:.2f}" if m[k]["std"] else "") for k in keys]
+    parts.append(f"tokens {m['generated_tokens']['mean']:.1f}")
+    parts.append(f"steps {m['decode_steps']['mean']:.1f}")
+    parts.append(f"s/q {m['seconds_per_question']:.3f}")
+    return f"{m.get('method')} on {m.get('task')} ({m['questions']} questions, {m['samples']} samples): " + ", ".join(parts) if keys else json.dumps(m)

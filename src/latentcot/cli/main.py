@@ -1,0 +1,61 @@
+"""`latentcot` command line: main(argv) -> exit status. Each subcommand is a module with
+`add_arguments(parser)` and `run(args) -> int`; heavy imports happen inside `run`, so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMANDS = {
+    "eval": "evaluate a method on a task (resumable)",
+    "train": "train a method's trainable parts (resumable)",
+    "demo": "train tiny models on a synthetic task and compare methods (the main job)",
+    "score": "score outputs made by any system with a task's extractors and metrics",
+    "report": "compare run directories: a markdown table and an accuracy-vs-steps plot",
+    "analyze": "soft-thinking diagnostics: JS divergence, logit lens, entropy, trace similarity",
+    "probe": "decode continuous thoughts through the LM head",
+    "ls": "list methods, tasks or models",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentcot", description="Latent (soft) chain-of-thought reasoning: train, evaluate, compare."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_ in SUBCOMMANDS.items():
+        mod = importlib.import_module(f"latentcot.cli.{name}_cmd")
+        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or help_).strip())
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("transformers", "httpx", "urllib3", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from latentcot.errors import LatentCotError
+
+    try:
+        return int(args._module.run(args) or 0)
+    except LatentCotError as e:
+        print(f"latentcot {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"latentcot {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

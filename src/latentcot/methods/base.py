@@ -1,0 +1,186 @@
+"""The method interface every plug-in implements, and the method registry.
+
+A method holds its models (a Backbone, maybe an assistant) and its trainable modules, and implements:
+
+- `generate(examples, task, gen, rand)`: one RowOutput per example row, through the shared decode Engine;
+- `loss(examples, task)`: the training objective (trainable methods only), through `splice` and one forward;
+- `trainable_state_dict()` / `load_trainable_state_dict()`: only what trains is saved.
+
+Shared pieces (prompt building, prefill + token generation, SFT rows) live here so that a method file holds
+only what is particular to its paper.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from latentcot.decoding.engine import Engine, RowOutput
+from latentcot.decoding.sampling import GenerationConfig, RowRandom
+from latentcot.errors import CheckpointError
+from latentcot.models.backbone import Backbone
+from latentcot.models.splice import Piece, Spliced, splice, tokens
+from latentcot.objectives.lm import lm_loss
+from latentcot.registry import Registry
+from latentcot.tasks.base import Example, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has.
+
+    Attributes:
+        system: optional system prompt put through the chat template.
+    """
+
+    system: str | None = None
+
+
+@dataclass
+class LossOutput:
+    """A training objective's value and what to log with it."""
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+
+
+class Method(nn.Module):
+    """Base class of all methods.
+
+    Class attributes:
+        Config: the method's config dataclass.
+        trains: whether `latentcot train` applies (False for training-free methods).
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    trains: ClassVar[bool] = False
+    name: ClassVar[str] = ""
+
+    def __init__(self, cfg: MethodConfig, backbone: Backbone) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.engine = Engine(backbone)
+
+    # --- for tests and the CLI ---------------------------------------------------------------------------------
+    @classmethod
+    def smoke_settings(cls, model: str) -> dict[str, Any]:
+        """Method settings that make a smoke run on tiny model `model` fast (the contract tests use them)."""
+        return {}
+
+    # --- generation --------------------------------------------------------------------------------------------
+    def prompt_text(self, ex: Example, task: Task) -> str:
+        """The backbone's prompt for one example (chat template when the model has one)."""
+        return self.backbone.chat_prompt(task.prompt(ex), system=self.cfg.system)
+
+    def prompt_ids(self, ex: Example, task: Task) -> list[int]:
+        return self.backbone.encode(self.prompt_text(ex, task))
+
+    def splice_rows(self, rows: Sequence[Sequence[Piece]], padding_side: str = "left") -> Spliced:
+        bb = self.backbone
+        return splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0, padding_side)
+
+    def generate(
+        self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
+    ) -> list[RowOutput]:
+        """Default: plain prompts, then hard-token generation."""
+        rows = [[tokens(self.prompt_ids(ex, task))] for ex in examples]
+        state = self.engine.prefill(self.splice_rows(rows))
+        return self.engine.generate(state, gen, rand)
+
+    # --- training ----------------------------------------------------------------------------------------------
+    def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
+        raise NotImplementedError(f"method {self.name!r} does not train")
+
+    def begin_step(self, step: int, total_steps: int) -> bool:
+        """Called by the training loop before each optimizer step; True asks it to reset the optimizer
+        (e.g. at a Coconut curriculum stage change)."""
+        return False
+
+    def sft_loss(self, rows: Sequence[Sequence[Piece]]) -> LossOutput:
+        """LM loss on the labelled pieces of right-padded rows, one forward."""
+        batch = self.splice_rows(rows, padding_side="right")
+        out = self.backbone.model(
+            inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        )
+        loss = lm_loss(out.logits, batch.labels)
+        return LossOutput(loss, {"loss": float(loss.detach())})
+
+    def target_ids(self, ex: Example, task: Task, with_rationale: bool = True) -> list[int]:
+        """Token ids of the supervised target, ending with the backbone's EOS."""
+        text = task.target(ex, with_rationale=with_rationale)
+        ids = self.backbone.encode((" " if not self.backbone.has_chat_template else "") + text)
+        eos = self.backbone.tokenizer.eos_token_id
+        return ids + ([eos] if eos is not None else [])
+
+    # --- what trains -------------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone().contiguous() for n, p in self.trainable_parameters()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Loads saved trainable weights; names and shapes must match exactly (else CheckpointError)."""
+        own = dict(self.trainable_parameters())
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+            raise CheckpointError(f"{source} does not fit method {self.name!r} with these models: {what}")
+        for n, p in own.items():
+            if tuple(state[n].shape) != tuple(p.shape):
+                raise CheckpointError(
+                    f"{source} does not fit these models: {n} has shape {tuple(state[n].shape)}, "
+                    f"the models need {tuple(p.shape)} (were they trained with other models?)"
+                )
+        with torch.no_grad():
+            for n, p in own.items():
+                p.copy_(state[n].to(p.dtype))
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register(name: str):
+    """Registers a Method subclass under `name` (and sets its `name`)."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+def generate_batched(
+    method: Method, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
+) -> list[RowOutput]:
+    """Calls `method.generate` with gradients off and the model in eval mode."""
+    was = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            return method.generate(examples, task, gen, rand)
+    finally:
+        method.train(was)
+
+
+def output_row(out: RowOutput) -> dict[str, Any]:
+    return {
+        "output": out.text,
+        "generated_tokens": len(out.token_ids),
+        "decode_steps": out.decode_steps,
+        "latent_steps": out.latent_steps,
+        "soft_steps": out.soft_steps,
+        "prefill_tokens": out.prefill_tokens,
+        "finish_reason": out.finish_reason,
+        "seconds": out.seconds,
+        **({"extra": out.extra} if out.extra else {}),
+    }

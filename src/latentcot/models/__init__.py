@@ -1,0 +1,1 @@
+"""latentcot.models"""

@@ -1,0 +1,127 @@
+"""The Backbone wrapper: one HF causal LM + its tokenizer, with the few operations every method needs.
+
+Composition, not inheritance: the HF model is held and called with `inputs_embeds`, an explicit attention mask
+and position ids. Nothing branches on the model's class or name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from latentcot.errors import ModelError
+
+
+class Backbone(nn.Module):
+    """A causal LM and its tokenizer.
+
+    Args:
+        model: an HF `*ForCausalLM`.
+        tokenizer: its tokenizer (left padding, with a pad token).
+        name: the alias or path it was loaded from (recorded in run configs).
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "") -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+
+    # --- shapes and limits -------------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def max_context(self) -> int | None:
+        """The longest sequence the model accepts (None when the config does not say)."""
+        cfg = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """Token ids that end a generation: the tokenizer's EOS, the config's EOS list, and `<|im_end|>`-style ends."""
+        ids: set[int] = set()
+        for src in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, (list, tuple)):
+                ids.update(int(i) for i in src)
+        for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None and tid >= 0:
+                ids.add(tid)
+        return sorted(ids)
+
+    # --- embeddings --------------------------------------------------------------------------------------------
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        """E, (V, d): the input embedding matrix."""
+        return self.model.get_input_embeddings().weight
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (...,) -> input embeddings (..., d), exactly what the model computes for `input_ids`."""
+        return self.model.get_input_embeddings()(ids)
+
+    def add_tokens(self, tokens: Sequence[str]) -> list[int]:
+        """Ids of `tokens`, adding the missing ones as special tokens (embeddings resized, new rows = mean row)."""
+        missing = [t for t in tokens if t not in self.tokenizer.get_vocab()]
+        if missing:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+            old = self.model.get_input_embeddings().weight.shape[0]
+            if len(self.tokenizer) > old:
+                self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
+        return [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
+
+    # --- text --------------------------------------------------------------------------------------------------
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_prompt(self, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
+        """The prompt text for one user turn through the chat template (plain "Q: ... A:" text without one)."""
+        if self.has_chat_template:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return text + assistant_prefix
+        head = f"{system}\n\n" if system else ""
+        return f"{head}{user}\nAnswer:{' ' + assistant_prefix if assistant_prefix else ''}"
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`. Chat-templated prompts already hold their special tokens."""
+        return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def check_length(self, length: int, what: str = "prompt") -> None:
+        """Raises ModelError when a sequence of `length` tokens exceeds the model's context."""
+        limit = self.max_context
+        if limit is not None and length > limit:
+            raise ModelError(
+                f"{what} of {length} tokens is longer than the model's context of {limit} tokens: "
+                "shorten it or lower max_new_tokens / num_thoughts"
+            )
+
+    def freeze(self) -> Backbone:
+        self.model.requires_grad_(False)
+        return self

@@ -1,0 +1,1 @@
+"""Losses as pure functions (LM loss, distillation, RLOO), testable with hand-computed numbers."""

@@ -1,0 +1,236 @@
+"""A run, assembled: resolved configs (run, generation, method, task, train) and the objects they build.
+
+The CLI, the demo and user scripts all go through here, so `latentcot eval ...` and
+`pipeline.evaluate_run(resolve(...))` do the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latentcot.config import check, from_dict, load_yaml, split_sections, to_dict
+from latentcot.decoding.sampling import GenerationConfig
+from latentcot.errors import ConfigError, DataError
+from latentcot.methods import build_method, method_class
+from latentcot.methods.base import Method
+from latentcot.models.backbone import Backbone
+from latentcot.models.loading import load_model
+from latentcot.tasks import get_task, task_class
+from latentcot.tasks.base import Example, Task
+from latentcot.training.loop import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """Attributes:
+    method: registered method name (`latentcot ls methods`).
+    model: backbone: alias, local directory, .gguf file or hub id (`latentcot ls models`).
+    task: registered task name (`latentcot ls tasks`).
+    split: task split (default: the task's test split; training uses its train split).
+    limit: first N questions (0 = all).
+    offset: skip the first N questions.
+    out: output directory (default runs/<method>-<model>-<task>).
+    seeds: sampling seeds; metrics are mean +- std over them.
+    seed: shorthand for a single seed (overrides seeds).
+    batch_size: rows (question x sample) per generation batch.
+    device: cpu, cuda, or auto.
+    dtype: float32, bfloat16 or float16.
+    weights: trained weights to load before evaluating (a run directory or a .safetensors file).
+    progress: progress bars.
+    trust_remote_code: allow a hub model's own code (off by default).
+    eval_limit: during training, questions of the eval split scored at each eval (0 = none).
+    """
+
+    method: str = "cot"
+    model: str = "tiny-gpt2"
+    task: str = "gsm8k"
+    split: str | None = None
+    limit: int = 0
+    offset: int = 0
+    out: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    seed: int | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "float32"
+    weights: str | None = None
+    progress: bool = True
+    trust_remote_code: bool = False
+    eval_limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.seed is not None:
+            self.seeds = [self.seed]
+        check(self.limit >= 0, "limit", f"must be >= 0 (0 = all), got {self.limit}")
+        check(self.offset >= 0, "offset", f"must be >= 0, got {self.offset}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", f"unknown device {self.device!r}")
+
+
+@dataclass
+class Resolved:
+    run: RunConfig
+    generation: GenerationConfig
+    method: Any
+    task: Any
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {s.name: to_dict(getattr(self, s.name)) for s in dataclasses.fields(self)}
+
+    @property
+    def out_dir(self) -> Path:
+        if self.run.out:
+            return Path(self.run.out)
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.run.model).name)
+        return Path("runs") / f"{self.run.method}-{model}-{self.run.task}"
+
+
+def resolve(values: dict[str, Any], config_file: str | None = None) -> Resolved:
+    """Builds every config section from a YAML file (optional) and `values` (flat or dotted keys win over it)."""
+    merged: dict[str, Any] = {}
+    if config_file:
+        data = load_yaml(config_file)
+        for key, value in data.items():
+            if isinstance(value, dict) and key in ("run", "generation", "method", "task", "train"):
+                for k, v in value.items():
+                    merged[f"{key}.{k}"] = v
+            else:
+                merged[key] = value
+    merged.update({k: v for k, v in values.items() if v is not None})
+    method_name = str(merged.get("method", merged.get("run.method", RunConfig.method)))
+    task_name = str(merged.get("task", merged.get("run.task", RunConfig.task)))
+    sections = {
+        "run": RunConfig,
+        "generation": GenerationConfig,
+        "method": method_class(method_name).Config,
+        "task": task_class(task_name).Config,
+        "train": TrainConfig,
+    }
+    routed = split_sections(merged, sections)
+    return Resolved(**{name: from_dict(cls, routed[name], name) for name, cls in sections.items()})
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_backbone(name: str, run: RunConfig) -> Backbone:
+    model, tok = load_model(name, dtype=run.dtype, device=pick_device(run.device), trust_remote_code=run.trust_remote_code)
+    return Backbone(model, tok, name)
+
+
+def build(res: Resolved) -> tuple[Method, Task]:
+    task = get_task(res.run.task, **to_dict(res.task))
+    backbone = load_backbone(res.run.model, res.run)
+    method = build_method(res.run.method, to_dict(res.method), backbone)
+    if res.run.weights:
+        from latentcot.training.checkpoint import load_weights
+
+        method.load_trainable_state_dict(load_weights(res.run.weights), res.run.weights)
+    return method, task
+
+
+def select_examples(task: Task, split: str | None, offset: int, limit: int) -> list[Example]:
+    examples = task.load(split)
+    chosen = examples[offset : offset + limit] if limit else examples[offset:]
+    if not chosen:
+        raise DataError(f"the selection is empty: task {task.name} split {split or task.default_split} has {len(examples)} questions, offset={offset} limit={limit}")
+    return chosen
+
+
+# Settings that do not change results: a resumed run may differ in these.
+_FREE = {"run.progress", "run.batch_size", "run.limit", "run.offset", "run.seeds", "run.seed", "run.out", "run.device", "run.eval_limit"}
+
+
+def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
+    """Refuses to append to a run directory made with other result-affecting settings."""
+    path = out_dir / name
+    if not path.is_file():
+        return
+    old = _flatten(yaml.safe_load(path.read_text()) or {})
+    new = _flatten(json.loads(json.dumps(res.to_dict())))
+    diff = [k for k in sorted(set(old) | set(new)) if k not in _FREE and not k.startswith("train.") and old.get(k) != new.get(k)]
+    if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"{out_dir} holds a run with other settings ({k}: {old.get(k)!r} there, {new.get(k)!r} now): "
+            "pass another --out, or delete that directory to start over"
+        )
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and prefix == "":
+            out.update(_flatten(v, f"{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def save_config(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / name).write_text(yaml.safe_dump(res.to_dict(), sort_keys=False))
+
+
+def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None = None) -> dict[str, Any]:
+    """`latentcot eval`: evaluates, resuming in the output directory."""
+    from latentcot.eval.runner import evaluate
+
+    out = res.out_dir
+    check_resume(out, res)
+    if method is None or task is None:
+        method, task = build(res)
+    examples = select_examples(task, res.run.split, res.run.offset, res.run.limit)
+    save_config(out, res)
+    return evaluate(method, task, examples, res.generation, res.run.seeds, out, res.run.batch_size, res.run.progress)
+
+
+def train_run(res: Resolved, method: Method | None = None, task: Task | None = None) -> dict[str, Any]:
+    """`latentcot train`: trains on the task's train split, resuming from the output directory's checkpoint."""
+    import torch
+
+    from latentcot.training.loop import train
+
+    out = res.out_dir
+    check_resume(out, res, "train_config.yaml")
+    torch.manual_seed(res.run.seeds[0])
+    if method is None or task is None:
+        method, task = build(res)
+    if not method.trains:
+        raise ConfigError(f"method {method.name!r} is training-free: use `latentcot eval`")
+    split = task.train_split
+    if split is None:
+        raise DataError(f"task {task.name} has no training split: train on a task that has one (see `latentcot ls tasks`)")
+    examples = task.load(split)
+    if res.train.train_limit:
+        examples = examples[: res.train.train_limit]
+    save_config(out, res, "train_config.yaml")
+    evaluate_fn = None
+    if res.run.eval_limit:
+        from latentcot.eval.runner import evaluate
+
+        eval_split = "valid" if "valid" in task.splits else task.default_split
+        held = select_examples(task, eval_split, 0, res.run.eval_limit)
+
+        def evaluate_fn(step: int) -> dict[str, Any]:
+            m = evaluate(method, task, held, GenerationConfig(max_new_tokens=res.generation.max_new_tokens), [0], out / f"eval_step{step}", res.run.batch_size, False)
+            return {k: m[k]["mean"] for k in ("accuracy_strict", "accuracy_flexible")}
+
+    return train(method, task, examples, res.train, out, res.run.seeds[0], evaluate_fn, res.run.progress)
