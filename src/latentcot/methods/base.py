@@ -24,7 +24,7 @@ from latentcot.decoding.engine import Engine, RowOutput
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
 from latentcot.errors import CheckpointError
 from latentcot.models.backbone import Backbone
-from latentcot.models.splice import Piece, Spliced, splice, tokens
+from latentcot.models.splice import IGNORE, Piece, Spliced, splice, tokens
 from latentcot.objectives.lm import lm_loss
 from latentcot.registry import Registry
 from latentcot.tasks.base import Example, Task
@@ -45,10 +45,19 @@ class MethodConfig:
 
 @dataclass
 class LossOutput:
-    """A training objective's value and what to log with it."""
+    """A training objective's value and what to log with it.
+
+    Attributes:
+        loss: the micro-batch's mean loss.
+        logs: scalars to log.
+        weight: how many units (e.g. labelled tokens) the mean is over. The training loop sums loss x weight over
+            the micro-batches of a step and divides by the total weight, so gradient accumulation over k
+            micro-batches equals one batch k times larger.
+    """
 
     loss: torch.Tensor
     logs: dict[str, float]
+    weight: float = 1.0
 
 
 class Method(nn.Module):
@@ -111,7 +120,8 @@ class Method(nn.Module):
             inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
         )
         loss = lm_loss(out.logits, batch.labels)
-        return LossOutput(loss, {"loss": float(loss.detach())})
+        n = int((batch.labels[:, 1:] != IGNORE).sum())
+        return LossOutput(loss, {"loss": float(loss.detach())}, weight=float(max(n, 1)))
 
     def target_ids(self, ex: Example, task: Task, with_rationale: bool = True) -> list[int]:
         """Token ids of the supervised target, ending with the backbone's EOS."""

@@ -14,6 +14,7 @@ def tiny_config(arch: str, vocab_size: int, d: int = 64, layers: int = 2, heads:
         return GPT2Config(
             vocab_size=vocab_size, n_embd=d, n_layer=layers, n_head=heads, n_positions=max_positions,
             bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # deterministic training steps in tests
         )
     if arch == "llama":
         return LlamaConfig(

@@ -165,6 +165,7 @@ def train(
             g["lr"] = cfg.lr * factor
         opt.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
+        total_weight = 0.0
         for _ in range(cfg.grad_accum):
             if pos + cfg.train_batch_size > n:
                 epoch, pos = epoch + 1, 0
@@ -172,10 +173,15 @@ def train(
             batch = [examples[i] for i in order[pos : pos + cfg.train_batch_size]]
             pos += cfg.train_batch_size
             out = method.loss(batch, task)
-            (out.loss / cfg.grad_accum).backward()
+            (out.loss * out.weight).backward()
+            total_weight += out.weight
             for k, v in out.logs.items():
-                logs[k] = logs.get(k, 0.0) + v / cfg.grad_accum
+                logs[k] = logs.get(k, 0.0) + v * out.weight
+        logs = {k: v / total_weight for k, v in logs.items()}
         params = [p for _, p in method.trainable_parameters()]
+        for p in params:  # sum of weighted micro-batch means / total weight = the mean over the whole step
+            if p.grad is not None:
+                p.grad.div_(total_weight)
         if cfg.max_grad_norm > 0:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         opt.step()

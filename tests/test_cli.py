@@ -1,0 +1,84 @@
+"""The command line in-process: every subcommand's --help, eval/train/resume, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latentcot.cli.main import SUBCOMMANDS, main
+
+
+@pytest.mark.parametrize("cmd", list(SUBCOMMANDS))
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: latentcot" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point_exists():
+    import latentcot.__main__  # noqa: F401
+
+
+def test_ls(capsys):
+    assert main(["ls", "methods"]) == 0
+    assert "cot" in capsys.readouterr().out
+    assert main(["ls", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-gpt2" in out and "tiny-llama" in out
+
+
+def test_eval_writes_outputs_and_resumes(tmp_path, shared_data, capsys):
+    out = tmp_path / "run"
+    args = ["eval", "--method", "cot", "--model", "tiny-llama", "--task", "gsm8k", "--limit", "3", "--out", str(out),
+            "--data-dir", str(shared_data), "--no-progress", "max_new_tokens=8", "batch_size=2"]
+    assert main(args) == 0
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    rec = json.loads(lines[0])
+    for key in ("id", "output", "pred_strict", "pred_flexible", "correct_strict", "correct_flexible", "decode_steps",
+                "generated_tokens", "prefill_tokens", "seconds"):
+        assert key in rec
+    assert (out / "config.yaml").is_file() and json.loads((out / "metrics.json").read_text())["questions"] == 3
+    # a kill mid-run leaves a torn line: the re-run drops it and redoes that question only
+    (out / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    assert main(args) == 0
+    again = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    before = [json.loads(x) for x in lines]
+    assert [{**r, "seconds": 0} for r in again] == [{**r, "seconds": 0} for r in before]
+    assert main(args[:-2] + ["max_new_tokens=9", "batch_size=2"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_train_then_eval_with_weights(tmp_path, capsys):
+    out = tmp_path / "t"
+    args = ["train", "--method", "cot_sft", "--model", "tiny-gpt2", "--task", "pointer_chase", "--out", str(out),
+            "--no-progress", "max_steps=3", "train_batch_size=2", "lr=1e-3"]
+    assert main(args) == 0
+    assert (out / "trainable.safetensors").is_file()
+    assert main(["eval", "--method", "cot_sft", "--model", "tiny-gpt2", "--task", "pointer_chase", "--limit", "2",
+                 "--out", str(tmp_path / "e"), "--no-progress", f"weights={out}", "max_new_tokens=4"]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["eval", "--method", "nope"], "unknown method"),
+        (["eval", "--model", "tiny-lama"], "did you mean 'tiny-llama'"),
+        (["eval", "--task", "gsm9k"], "unknown task"),
+        (["eval", "temperature=-1"], "temperature"),
+        (["eval", "--model", "tiny-gpt2", "--method", "cot_sft", "weights=/nonexistent/w.safetensors"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_2(argv, needle, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_weights_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"not safetensors at all")
+    assert main(["eval", "--model", "tiny-gpt2", "--method", "cot_sft", f"weights={bad}", "--out", str(tmp_path / "o")]) == 2
+    assert "safetensors" in capsys.readouterr().err

@@ -1,0 +1,51 @@
+"""Typed configs: YAML + key=value overrides, routing to sections, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentcot.config import parse_kv
+from latentcot.errors import ConfigError, UnknownNameError
+from latentcot.pipeline import resolve
+from latentcot.registry import Registry
+
+
+def test_flat_and_dotted_keys_route_to_their_sections(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: cot\nmodel: tiny-llama\ngeneration:\n  temperature: 0.5\nbatch_size: 3\n")
+    res = resolve({"temperature": "0.7", "generation.max_new_tokens": "12", "seed": "4", "lr": "1e-3"}, str(cfg))
+    assert res.generation.temperature == 0.7 and res.generation.max_new_tokens == 12
+    assert res.run.batch_size == 3 and res.run.seeds == [4] and res.run.model == "tiny-llama"
+    assert res.train.lr == 1e-3
+
+
+def test_types_are_coerced_and_checked():
+    res = resolve({"stop": "a,b", "progress": "false", "seeds": "1,2,3"})
+    assert res.generation.stop == ["a", "b"] and res.run.progress is False and res.run.seeds == [1, 2, 3]
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        resolve({"max_new_tokens": "lots"})
+    with pytest.raises(ConfigError, match="progress"):
+        resolve({"progress": "maybe"})
+
+
+def test_unknown_key_names_the_closest():
+    with pytest.raises(ConfigError, match="temperature"):
+        resolve({"temprature": "0.3"})
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_kv(["oops"])
+
+
+def test_unknown_registry_name_suggests():
+    r: Registry[int] = Registry("widget")
+    r.register("alpha")(1)
+    with pytest.raises(UnknownNameError, match="did you mean 'alpha'"):
+        r.get("alpa")
+
+
+def test_bad_yaml_is_one_clear_error(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve({}, str(p))
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve({}, str(tmp_path / "missing.yaml"))

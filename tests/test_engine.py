@@ -1,0 +1,144 @@
+"""Equivalences of the decode engine (STYLE.md tier 3) on tiny GPT-2 (absolute) and Llama (rotary) models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentcot.decoding.engine import Engine
+from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
+from latentcot.errors import ConfigError, ModelError
+from latentcot.models.splice import positions_from_mask, splice, tokens, vectors
+
+PROMPTS = ["What is 2+3?", "A longer question about apples, pears and plums. How many fruits?", "Hi"]
+
+
+def _ids(bb, texts=PROMPTS):
+    return [bb.encode(bb.chat_prompt(t)) for t in texts]
+
+
+def test_inputs_embeds_equal_input_ids(tiny):
+    ids = torch.tensor([_ids(tiny)[0]])
+    a = tiny.model(input_ids=ids).logits
+    b = tiny.model(inputs_embeds=tiny.embed(ids)).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_cached_stepping_equals_full_forward(tiny):
+    """Prefill + 5 cached token steps == one forward over the whole (left-padded) sequence."""
+    eng = Engine(tiny)
+    rows = _ids(tiny)
+    extra = torch.tensor([[5, 6, 7, 8, 9]] * len(rows))
+    state = eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, 0))
+    for j in range(extra.shape[1]):
+        state = eng.step_tokens(state, extra[:, j])
+    full = splice([[tokens(r + extra[i].tolist())] for i, r in enumerate(rows)], tiny.embed, 0)
+    ref = tiny.model(inputs_embeds=full.inputs_embeds, attention_mask=full.attention_mask, position_ids=full.position_ids).logits[:, -1]
+    torch.testing.assert_close(state.logits, ref.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_latent_and_soft_steps_equal_full_recompute(tiny):
+    """Latent steps (last hidden fed back) and soft steps (embedding mixtures) through the cache equal a full
+    forward over the spliced sequence of the same vectors."""
+    eng = Engine(tiny)
+    rows = _ids(tiny)
+    state = eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, 0), want_hidden=True)
+    fed = []
+    for _ in range(3):  # latent steps
+        v = state.hidden.clone()
+        fed.append(v)
+        state = eng.step(state, v, want_hidden=True)
+    for _ in range(2):  # soft steps: softmax mixture over the whole vocabulary
+        p = torch.softmax(state.logits, -1)
+        v = p.to(tiny.dtype) @ tiny.embedding_matrix
+        fed.append(v)
+        state = eng.step(state, v, want_hidden=True)
+    seq = torch.stack(fed, 1)  # (B, 5, d)
+    full = splice([[tokens(r), vectors(seq[i])] for i, r in enumerate(rows)], tiny.embed, 0)
+    ref = tiny.model(inputs_embeds=full.inputs_embeds, attention_mask=full.attention_mask, position_ids=full.position_ids).logits[:, -1]
+    torch.testing.assert_close(state.logits, ref.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_left_padded_batch_equals_each_row_alone(tiny):
+    eng = Engine(tiny)
+    rows = _ids(tiny)
+    cfg = GenerationConfig(max_new_tokens=12)
+    batch = eng.generate(eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, 0)), cfg)
+    for i, r in enumerate(rows):
+        alone = eng.generate(eng.prefill(splice([[tokens(r)]], tiny.embed, 0)), cfg)[0]
+        assert batch[i].token_ids == alone.token_ids
+
+
+def test_greedy_equals_hf_generate(tiny):
+    eng = Engine(tiny)
+    texts = [tiny.chat_prompt(t) for t in PROMPTS]
+    rows = _ids(tiny)
+    ours = eng.generate(eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, tiny.tokenizer.pad_token_id)), GenerationConfig(max_new_tokens=16))
+    enc = tiny.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ref = tiny.model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tiny.tokenizer.pad_token_id, eos_token_id=tiny.eos_ids)
+    for b, o in enumerate(ours):
+        theirs = [t for t in ref[b, enc["input_ids"].shape[1] :].tolist() if t not in tiny.eos_ids and t != tiny.tokenizer.pad_token_id]
+        assert o.token_ids == theirs
+
+
+def test_sampling_depends_only_on_seed_and_question(tiny):
+    eng = Engine(tiny)
+    rows = _ids(tiny)
+    cfg = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, top_k=50)
+    seeds = [row_seed(3, f"q{i}", 0) for i in range(len(rows))]
+    batch = eng.generate(eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, 0)), cfg, RowRandom(seeds))
+    # the same question in another batch (reversed order, other neighbours) samples the same tokens
+    rev = eng.generate(eng.prefill(splice([[tokens(r)] for r in rows[::-1]], tiny.embed, 0)), cfg, RowRandom(seeds[::-1]))
+    for i in range(len(rows)):
+        assert batch[i].token_ids == rev[len(rows) - 1 - i].token_ids
+    other_seed = eng.generate(eng.prefill(splice([[tokens(rows[1])]], tiny.embed, 0)), cfg, RowRandom([row_seed(4, "q1", 0)]))
+    assert other_seed[0].token_ids != batch[1].token_ids or len(batch[1].token_ids) < 3
+
+
+def test_stop_strings_and_max_tokens(tiny):
+    eng = Engine(tiny)
+    rows = _ids(tiny)
+    state = eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, 0))
+    free = eng.generate(state, GenerationConfig(max_new_tokens=20))
+    long_row = max(range(len(rows)), key=lambda i: len(free[i].text))
+    text = free[long_row].text
+    if len(text) < 4:
+        pytest.skip("the random model ends too early for a stop string")
+    stop = text[2:4]
+    state = eng.prefill(splice([[tokens(rows[long_row])]], tiny.embed, 0))
+    out = eng.generate(state, GenerationConfig(max_new_tokens=20, stop=[stop]))[0]
+    assert out.finish_reason == "stop" and stop not in out.text and text.startswith(out.text)
+    state = eng.prefill(splice([[tokens(rows[long_row])]], tiny.embed, 0))
+    out = eng.generate(state, GenerationConfig(max_new_tokens=3))[0]
+    assert len(out.token_ids) <= 3 and out.decode_steps == len(out.token_ids) + (out.finish_reason == "eos")
+
+
+def test_prompt_longer_than_context_is_refused(tiny):
+    eng = Engine(tiny)
+    limit = tiny.max_context
+    with pytest.raises(ModelError, match=str(limit)):
+        eng.prefill(splice([[tokens([5] * (limit + 1))]], tiny.embed, 0))
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("temperature", -0.1), ("top_p", 0.0), ("top_p", 1.5), ("max_new_tokens", 0), ("num_samples", 0), ("min_p", 1.0)],
+)
+def test_impossible_generation_settings_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        GenerationConfig(**{field: value})
+
+
+def test_splice_keeps_everything_aligned():
+    emb = torch.nn.Embedding(20, 4)
+    v = torch.randn(2, 4)
+    out = splice([[tokens([1, 2]), vectors(v, name="soft"), tokens([3], labels=True, name="ans")], [tokens([4])]], emb, pad_id=0, padding_side="left")
+    assert out.inputs_embeds.shape == (2, 5, 4)
+    assert out.attention_mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]
+    assert out.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 0, 0]]
+    assert out.spans[0] == {"soft": (2, 4), "ans": (4, 5)}
+    torch.testing.assert_close(out.inputs_embeds[0, 2:4], v)
+    assert out.labels[0].tolist() == [-100, -100, -100, -100, 3]
+    right = splice([[tokens([1])], [tokens([2, 3])]], emb, 0, padding_side="right")
+    assert right.attention_mask.tolist() == [[1, 0], [1, 1]]
+    assert positions_from_mask(right.attention_mask).tolist() == [[0, 0], [0, 1]]
