@@ -174,7 +174,7 @@ class Engine:
         t0 = time.perf_counter()
         B = state.batch_size
         dev = state.logits.device
-        eos = torch.tensor(self.bb.eos_ids or [-1], device=dev)
+        eos = set() if cfg.ignore_eos else set(self.bb.eos_ids)
         pad_id = self.bb.tokenizer.pad_token_id or 0
         tokens: list[list[int]] = [[] for _ in range(B)]
         soft = [0] * B
@@ -191,13 +191,14 @@ class Engine:
                 embeds = None
             else:
                 embeds, ids = controller.inputs(state, active)
+            chosen = ids.tolist()
             for b in torch.nonzero(active).flatten().tolist():
                 choices[b] += 1
-                t = int(ids[b])
+                t = chosen[b]
                 if t < 0:
                     soft[b] += 1
                     continue
-                if bool((eos == t).any()):
+                if t in eos:
                     reason[b] = "eos"
                     active[b] = False
                     continue

@@ -28,6 +28,7 @@ class GenerationConfig:
         min_p: drop tokens below min_p x the top probability (0 = off).
         num_samples: samples per question (self-consistency, pass@k).
         stop: stop strings; the output is cut before the first one.
+        ignore_eos: keep generating past EOS (benchmarks that need a fixed number of steps).
     """
 
     max_new_tokens: int = 256
@@ -37,6 +38,7 @@ class GenerationConfig:
     min_p: float = 0.0
     num_samples: int = 1
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         check(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")

@@ -1,0 +1,82 @@
+"""Decode engine vs HF `generate()`: time per decode step on the same model, batch and number of steps.
+
+SPEC section 6 target: the engine's step costs at most 1.25x HF generate's. Both sides decode greedily, with
+EOS ignored so every row takes exactly `--steps` steps, from the same left-padded prompts.
+
+    .venv/bin/python bench/decode.py                       # tiny-llama, batch 1/8/32
+    .venv/bin/python bench/decode.py --model smollm2-135m-instruct --batch-sizes 1,8 --steps 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from latentcot.decoding.engine import Engine
+from latentcot.decoding.sampling import GenerationConfig
+from latentcot.models.backbone import Backbone
+from latentcot.models.loading import load_model
+from latentcot.models.splice import splice, tokens
+
+QUESTIONS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+    "Betty is saving money for a new wallet which costs $100. How much more money does Betty need?",
+    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
+]
+
+
+def prompts(bb: Backbone, n: int) -> list[str]:
+    return [bb.chat_prompt(QUESTIONS[i % len(QUESTIONS)] + " " * (i % 3)) for i in range(n)]
+
+
+def time_engine(bb: Backbone, texts: list[str], steps: int) -> float:
+    eng = Engine(bb)
+    rows = [[tokens(bb.encode(t))] for t in texts]
+    cfg = GenerationConfig(max_new_tokens=steps, ignore_eos=True)
+    t0 = time.perf_counter()
+    out = eng.generate(eng.prefill(splice(rows, bb.embed, bb.tokenizer.pad_token_id)), cfg)
+    dt = time.perf_counter() - t0
+    assert all(len(o.token_ids) == steps for o in out)
+    return dt
+
+
+def time_hf(bb: Backbone, texts: list[str], steps: int) -> float:
+    enc = bb.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = bb.model.generate(
+            **enc, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=bb.tokenizer.pad_token_id
+        )
+    dt = time.perf_counter() - t0
+    assert out.shape[1] - enc["input_ids"].shape[1] == steps
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-llama")
+    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    model, tok = load_model(args.model)
+    bb = Backbone(model, tok, args.model)
+    print(f"model {args.model}, {args.steps} decode steps, greedy, median of {args.repeats} runs (prefill included on both sides)")
+    print(f"{'batch':>5} {'engine ms/step':>15} {'HF ms/step':>11} {'ratio':>6}")
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        texts = prompts(bb, bs)
+        time_engine(bb, texts, 4), time_hf(bb, texts, 4)  # warm-up
+        eng, hf = [], []
+        for _ in range(args.repeats):  # interleaved so both sides see the same machine load
+            eng.append(time_engine(bb, texts, args.steps))
+            hf.append(time_hf(bb, texts, args.steps))
+        e, h = statistics.median(eng) / args.steps * 1e3, statistics.median(hf) / args.steps * 1e3
+        print(f"{bs:>5} {e:>15.2f} {h:>11.2f} {e / h:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
