@@ -51,7 +51,9 @@ def word_level_tokenizer(words: Iterable[str], extra_specials: Iterable[str] = (
         vocab[w] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    # Joins words with spaces. The prefix is a character no word holds: with the usual "##", words such as "####"
+    # would be read as continuation pieces and glued to their neighbour.
+    tok.decoder = decoders.WordPiece(prefix="\x00", cleanup=False)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token="<|unk|>", padding_side="left"
     )

@@ -1,0 +1,37 @@
+# Two entry points, each installing what it needs into .venv:
+#   make demo   the main job: trains tiny models on a synthetic task and compares the methods
+#   make test   the test suite (lint + pytest; slow tests: make test-slow)
+# TORCH pins the CPU build that lies on the project's CPU machines; on a GPU machine use e.g. TORCH=torch.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/latentcot demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) bench/decode.py
+	$(PY) bench/soft_step.py
+	$(PY) bench/coconut.py
+	$(PY) bench/softcot.py
+
+clean:
+	rm -rf $(VENV) runs
