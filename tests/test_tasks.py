@@ -67,8 +67,14 @@ def test_example_shapes() -> None:
     aug = get_task("gsm8k_aug", data_dir=str(DATA)).load("train")[0]
     assert aug.steps == ("<<48/2=24>>", "<<48+24=72>>") and aug.rationale == "<<48/2=24>> <<48+24=72>>"
     assert get_task("aqua", data_dir=str(DATA)).load("dev")[0].meta["options"][0] == "32400"
-    date = get_task("date_understanding", data_dir=str(DATA)).load()[0]
-    assert date.answer == "A" and len(date.meta["options"]) == 6
+    dates = get_task("date_understanding", data_dir=str(DATA)).load()
+    date = dates[0]
+    assert date.meta["options"][ord(date.answer) - ord("A")] == "05/01/2021" and len(date.meta["options"]) == 6
+    # the file puts the correct option first almost always; shuffled, no letter may dominate the gold answers
+    from collections import Counter
+
+    assert max(Counter(d.answer for d in dates).values()) < 0.3 * len(dates)
+    assert [d.answer for d in dates] == [d.answer for d in get_task("date_understanding", data_dir=str(DATA)).load()]
     pros = get_task("prosqa", data_dir=str(DATA)).load("valid")[0]
     assert pros.answer == "lempus" and pros.steps[0] == "Tom is a terpus."
     prosqa_out = "Tom is a terpus. Every terpus is a brimpus. ### Tom is a lempus."
