@@ -70,5 +70,6 @@ def arith_task() -> ArithTask:
 
 @pytest.fixture(autouse=True)
 def _quiet_torch_threads():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: tiny models gain nothing from a second, and on a loaded machine its spinning costs 10x.
+    torch.set_num_threads(1)
     yield

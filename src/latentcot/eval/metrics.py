@@ -45,7 +45,7 @@ def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
-    if not values:
+    if not values or any(math.isnan(v) for v in values):  # pstdev raises on NaN (e.g. no timings per seed)
         return {"mean": float("nan"), "std": float("nan")}
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 
 MAX_CHARS = 20_000
 _BOXED_TRIES, _BOXED_SPAN = 16, 4000  # markers tried from the end; chars read per box
@@ -147,14 +148,19 @@ def _number_in_tail(tail: str) -> str | None:
     return first_number(tail)
 
 
-def answer_phrase(text: str) -> tuple[int, str] | None:
-    """(position, rest of the line) of the last "answer is ..." / "Answer: ..." that has text after it."""
+def answer_phrases(text: str) -> Iterator[tuple[int, str]]:
+    """(position, rest of the line) of each "answer is ..." / "Answer: ..." with text after it, last first
+    (at most the last `_BOXED_TRIES` phrases)."""
     text = _tail(text)
     for m in list(_PHRASE_RE.finditer(text))[: -_BOXED_TRIES - 1 : -1]:
         tail = _line_after(text, m.end())
         if tail.strip(" *_:$.\t"):
-            return m.start(), tail
-    return None
+            yield m.start(), tail
+
+
+def answer_phrase(text: str) -> tuple[int, str] | None:
+    """(position, rest of the line) of the last "answer is ..." / "Answer: ..." that has text after it."""
+    return next(answer_phrases(text), None)
 
 
 def last_boxed(text: str) -> tuple[int, str] | None:
@@ -175,9 +181,12 @@ def strict_number(text: str) -> str | None:
     """The number in the asked format: the last of "The answer is N", `#### N` and `\\boxed{N}`."""
     text = _tail(text)
     found: list[tuple[int, str]] = []
-    phrase = answer_phrase(text)
-    if phrase and (n := _number_in_tail(phrase[1])) is not None:
-        found.append((phrase[0], n))
+    # The last phrase that holds a number: small models echo the instruction ("The answer is 36. The answer
+    # is N, where N is the final answer."), and the echo must not hide the answer they gave.
+    for pos, tail in answer_phrases(text):
+        if (n := _number_in_tail(tail)) is not None:
+            found.append((pos, n))
+            break
     for m in list(_HASH_RE.finditer(text))[: -_BOXED_TRIES - 1 : -1]:
         if (n := _number_in_tail(_line_after(text, m.end()))) is not None:
             found.append((m.start(), n))

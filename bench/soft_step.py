@@ -1,0 +1,114 @@
+"""Cost of a soft step against a hard step on the same model, batch and number of steps.
+
+SPEC section 6 target: a soft-token input costs at most 1.15x a hard-token step (top-k gather, not a dense
+p @ E). All modes step the same KV-cached engine from the same left-padded prompts; only how the next input is
+made differs:
+
+- hard:          argmax token -> embedding (greedy decoding);
+- soft gather:   softmax(logits / 0.6), top-k with top-p / min-p, sum_k p_k E[k] through the embedding module;
+- soft method:   `soft_thinking`'s own `think_inputs` (the above plus the entropy Cold Stop reads);
+- soft gumbel:   the method with randomness=gumbel (per-row random streams);
+- soft dense:    the same weights as a dense (B, V) @ (V, d) product, for comparison.
+
+    .venv/bin/python bench/soft_step.py                                   # tiny-llama, batch 8, ~1 minute
+    .venv/bin/python bench/soft_step.py --model smollm2-135m-instruct --batch 8 --steps 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from latentcot.decoding.engine import DecodeState, Engine
+from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
+from latentcot.methods import build_method
+from latentcot.models.backbone import Backbone
+from latentcot.models.loading import load_model
+from latentcot.models.soft import dense_mixture, embedding_scale, mix_embeddings, token_probs, top_k_filtered
+from latentcot.models.splice import splice, tokens
+
+QUESTIONS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+    "Betty is saving money for a new wallet which costs $100. How much more money does Betty need?",
+    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
+]
+
+Step = Callable[[DecodeState], torch.Tensor]  # state -> next inputs (B, d)
+
+
+def modes(bb: Backbone, k: int, batch: int) -> dict[str, Step]:
+    gen = GenerationConfig()
+    vanilla = build_method("soft_thinking", {"soft_top_k": k}, bb)
+    gumbel = build_method("soft_thinking", {"soft_top_k": k, "randomness": "gumbel"}, bb)
+    rand = RowRandom([row_seed(0, str(i), 0) for i in range(batch)], bb.device)
+    scale = embedding_scale(bb.model.get_input_embeddings())
+
+    def gather(state: DecodeState) -> torch.Tensor:
+        w, ids = top_k_filtered(token_probs(state.logits, 0.6), k, 0.95, 0.001)  # (B, k)
+        return mix_embeddings(w, ids, bb.embed)
+
+    def dense(state: DecodeState) -> torch.Tensor:
+        w, ids = top_k_filtered(token_probs(state.logits, 0.6), k, 0.95, 0.001)
+        probs = torch.zeros_like(state.logits).scatter(1, ids, w)  # (B, V)
+        return dense_mixture(probs, bb.embedding_matrix, scale)
+
+    return {
+        "hard": lambda s: bb.embed(s.logits.argmax(-1)),
+        "soft gather": gather,
+        "soft method": lambda s: vanilla.think_inputs(s.logits, rand, gen).embeds,
+        "soft gumbel": lambda s: gumbel.think_inputs(s.logits, rand, gen).embeds,
+        "soft dense": dense,
+    }
+
+
+def time_mode(bb: Backbone, texts: list[str], steps: int, make: Step) -> float:
+    """Seconds for `steps` KV-cached steps (prefill not timed)."""
+    eng = Engine(bb)
+    rows = [[tokens(bb.encode(t))] for t in texts]
+    state = eng.prefill(splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            state = eng.step(state, make(state))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-llama")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--top-k", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_model(args.model)
+    bb = Backbone(model, tok, args.model)
+    texts = [bb.chat_prompt(QUESTIONS[i % len(QUESTIONS)] + " " * (i % 3)) for i in range(args.batch)]
+    table = modes(bb, args.top_k, args.batch)
+    for make in table.values():  # warm-up
+        time_mode(bb, texts, 2, make)
+    runs: dict[str, list[float]] = {name: [] for name in table}
+    for _ in range(args.repeats):  # interleaved so every mode sees the same machine load
+        for name, make in table.items():
+            runs[name].append(time_mode(bb, texts, args.steps, make))
+    print(
+        f"model {args.model} (V={bb.vocab_size}, d={bb.hidden_size}), batch {args.batch}, {args.steps} cached steps, "
+        f"top-k {args.top_k}, median of {args.repeats} interleaved runs, {torch.get_num_threads()} threads"
+    )
+    print(f"{'mode':<12} {'ms/step':>9} {'vs hard':>8}")
+    hard = statistics.median(runs["hard"])
+    for name, times in runs.items():
+        t = statistics.median(times)
+        print(f"{name:<12} {t / args.steps * 1e3:>9.3f} {t / hard:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
