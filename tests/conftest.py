@@ -71,5 +71,7 @@ def arith_task() -> ArithTask:
 @pytest.fixture(autouse=True)
 def _quiet_torch_threads():
     # One thread: tiny models gain nothing from a second, and on a loaded machine its spinning costs 10x.
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
+    torch.set_num_threads(n)

@@ -14,16 +14,6 @@ from latentcot.analysis.lens import final_norm, logit_lens
 from latentcot.analysis.similarity import lcs_length, rouge_l
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """d=64 models gain nothing from intra-op threads; on a busy 2-core machine a second spinning thread makes
-    every step many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_kl_and_js_hand_values():
     p = torch.tensor([0.5, 0.5, 0.0])
     q = torch.tensor([0.0, 0.5, 0.5])

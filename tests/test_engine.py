@@ -142,3 +142,14 @@ def test_splice_keeps_everything_aligned():
     right = splice([[tokens([1])], [tokens([2, 3])]], emb, 0, padding_side="right")
     assert right.attention_mask.tolist() == [[1, 0], [1, 1]]
     assert positions_from_mask(right.attention_mask).tolist() == [[0, 0], [0, 1]]
+
+
+def test_added_tokens_get_the_mean_row_and_leave_the_rng_alone(tiny):
+    before_rows = tiny.embedding_matrix.detach().clone()
+    state = torch.get_rng_state()
+    ids = tiny.add_tokens(["<bot>", "<eot>"])
+    assert torch.equal(torch.get_rng_state(), state)
+    E = tiny.embedding_matrix
+    assert E.shape[0] == before_rows.shape[0] + 2 and ids == [before_rows.shape[0], before_rows.shape[0] + 1]
+    torch.testing.assert_close(E[ids[0]], before_rows.mean(0))
+    assert tiny.add_tokens(["<bot>"]) == ids[:1]  # already there: nothing added

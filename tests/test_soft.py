@@ -33,14 +33,6 @@ from latentcot.models.tokenizers import word_level_tokenizer
 
 QUESTIONS = ["What is 2+3?", "A longer question about apples, pears and plums. How many fruits are there?", "Hi"]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """d=64 models gain nothing from intra-op threads; on a busy 2-core machine a second spinning thread makes
-    every step many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

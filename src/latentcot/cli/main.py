@@ -43,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("transformers", "httpx", "urllib3", "datasets", "huggingface_hub"):
+    for noisy in ("httpx", "urllib3", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging  # its loggers do not propagate to the root
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     from latentcot.errors import LatentCotError
 
     try:

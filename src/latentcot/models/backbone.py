@@ -83,13 +83,28 @@ class Backbone(nn.Module):
         return self.model.get_input_embeddings()(ids)
 
     def add_tokens(self, tokens: Sequence[str]) -> list[int]:
-        """Ids of `tokens`, adding the missing ones as special tokens (embeddings resized, new rows = mean row)."""
+        """Ids of `tokens`, adding the missing ones as special tokens.
+
+        New embedding rows (input, and output when untied) are set to the mean of the existing rows, the same in
+        every process and without touching the global RNG: a frozen added token is never saved with the trained
+        weights, so a later process must rebuild exactly the same row.
+        """
         missing = [t for t in tokens if t not in self.tokenizer.get_vocab()]
         if missing:
             self.tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
             old = self.model.get_input_embeddings().weight.shape[0]
             if len(self.tokenizer) > old:
-                self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
+                with torch.random.fork_rng(devices=[]):  # resizing initialises new rows from the global RNG
+                    self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+                with torch.no_grad():
+                    outs = self.model.get_output_embeddings()
+                    for emb in {id(m): m for m in (self.model.get_input_embeddings(), outs) if m is not None}.values():
+                        w = emb.weight  # (V_new, d)
+                        if w.shape[0] > old:
+                            w[old:] = w[:old].mean(0)
+                        bias = getattr(emb, "bias", None)
+                        if bias is not None and bias.shape[0] > old:
+                            bias[old:] = bias[:old].mean()
         return [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
 
     # --- text --------------------------------------------------------------------------------------------------
