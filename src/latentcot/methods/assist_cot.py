@@ -16,7 +16,7 @@ from typing import Any
 from latentcot.config import check
 from latentcot.decoding.engine import Engine, RowOutput
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
-from latentcot.methods.base import Method, MethodConfig, register
+from latentcot.methods.base import Method, MethodConfig, distinct_questions, register
 from latentcot.methods.softcot import load_assistant
 from latentcot.models.backbone import Backbone
 from latentcot.models.splice import splice, tokens
@@ -74,15 +74,9 @@ class AssistCoT(Method):
     def generate(
         self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
     ) -> list[RowOutput]:
-        # Samples of one question share one (greedy, hence identical) hint.
-        index: dict[tuple[str, str], int] = {}
-        firsts: list[Example] = []
-        for ex in examples:
-            if (ex.id, ex.question) not in index:
-                index[(ex.id, ex.question)] = len(firsts)
-                firsts.append(ex)
+        firsts, pick = distinct_questions(examples)  # samples of one question share one (greedy) hint
         hints = self.hints(firsts)
-        picked = [hints[index[(ex.id, ex.question)]] for ex in examples]
+        picked = [hints[i] for i in pick]
         rows = []
         for ex, hint in zip(examples, picked):
             user = f"{task.prompt(ex)}\n\n{self.cfg.hint_prefix} {hint.text.strip()}"

@@ -169,6 +169,21 @@ def register(name: str):
     return deco
 
 
+def distinct_questions(examples: Sequence[Example]) -> tuple[list[Example], list[int]]:
+    """The distinct questions of a batch (first-seen order) and, per row, the index of its question.
+
+    Samples of one question (self-consistency rows) share work that does not depend on the sample, such as an
+    assistant model's pass.
+    """
+    index: dict[tuple[str, str], int] = {}
+    firsts: list[Example] = []
+    for ex in examples:
+        if (ex.id, ex.question) not in index:
+            index[(ex.id, ex.question)] = len(firsts)
+            firsts.append(ex)
+    return firsts, [index[(ex.id, ex.question)] for ex in examples]
+
+
 def generate_batched(
     method: Method, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
 ) -> list[RowOutput]:

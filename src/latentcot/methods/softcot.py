@@ -26,7 +26,7 @@ from latentcot.config import check
 from latentcot.decoding.engine import RowOutput
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
 from latentcot.errors import ModelError
-from latentcot.methods.base import LossOutput, Method, MethodConfig, register
+from latentcot.methods.base import LossOutput, Method, MethodConfig, distinct_questions, register
 from latentcot.methods.sft import apply_lora
 from latentcot.models.backbone import Backbone
 from latentcot.models.projection import PROJECTIONS, build_projection
@@ -201,15 +201,9 @@ class SoftCoT(Method):
     def generate(
         self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
     ) -> list[RowOutput]:
-        # Samples of one question (self-consistency) share one assistant pass.
-        index: dict[tuple[str, str], int] = {}
-        firsts: list[Example] = []
-        for ex in examples:
-            if (ex.id, ex.question) not in index:
-                index[(ex.id, ex.question)] = len(firsts)
-                firsts.append(ex)
+        firsts, rows = distinct_questions(examples)  # samples of one question share one assistant pass
         thoughts, prefill = self.soft_thoughts(firsts, self.cfg.num_thoughts)  # (U, N, d)
-        pick = torch.tensor([index[(ex.id, ex.question)] for ex in examples], device=thoughts.device)
+        pick = torch.tensor(rows, device=thoughts.device)
         batch = self.splice_rows(self.backbone_rows(examples, task, thoughts[pick]))  # (B, T+N, d)
         outs = self.engine.generate(self.engine.prefill(batch), gen, rand)
         for out, i in zip(outs, pick.tolist()):
