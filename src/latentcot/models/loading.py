@@ -79,7 +79,8 @@ def load_model(
     device: str = "cpu",
     trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Loads `name`: an alias, a local directory, a `.gguf` file, or an HF hub id.
+    """Loads `name`: an alias, `scratch-ARCH:TASK` (models/task_models.py), a local directory, a `.gguf` file,
+    or an HF hub id.
 
     Returns the model in eval mode with every parameter frozen (methods unfreeze what they train), and its
     tokenizer with a pad token and left padding.
@@ -92,6 +93,10 @@ def load_model(
         if not alias.installed():
             raise ModelError(f"model {name!r} is not installed: {alias.install_hint}")
         model, tok = alias.load()
+    elif name.startswith("scratch-") and ":" in name:  # from-scratch tiny model over a synthetic task's words
+        from latentcot.models.task_models import load_scratch
+
+        model, tok = load_scratch(name)
     elif name.endswith(".gguf"):
         from latentcot.models.gguf import load_gguf
 

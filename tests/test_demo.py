@@ -1,0 +1,80 @@
+"""The demo end to end (a tiny smoke variant in CI; `--quick` marked slow), and the from-scratch task models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latentcot.demo import DemoSettings, arms, format_table, run_demo
+from latentcot.errors import ModelError
+from latentcot.models.loading import load_model
+from latentcot.models.task_models import parse_alias
+from latentcot.tasks import get_task
+
+
+def test_scratch_alias_parses_and_builds() -> None:
+    spec = parse_alias("scratch-llama-d64-l2:pointer_chase2")
+    assert (spec.arch, spec.d, spec.layers, spec.heads, spec.task) == ("llama", 64, 2, 4, "pointer_chase2")
+    assert parse_alias("scratch-gpt2:pointer_chase").d == 128
+    assert parse_alias("scratch-gpt2:pointer_chase2,step_format=sep").task_settings == (("step_format", "sep"),)
+    for bad in ("scratch-bert:pointer_chase", "scratch-gpt2-d30-h4:pointer_chase", "scratch-gpt2:"):
+        with pytest.raises(ModelError):
+            parse_alias(bad)
+    with pytest.raises(ModelError, match="synthetic"):
+        load_model("scratch-gpt2-d32-l1:gsm8k")
+
+
+@pytest.mark.parametrize("task_name,opts", [("pointer_chase", {}), ("pointer_chase2", {}),
+                                           ("pointer_chase2", {"step_format": "sep"})])
+def test_task_tokenizer_covers_every_word_and_round_trips(task_name: str, opts: dict) -> None:
+    model, tok = load_model(f"scratch-gpt2-d32-l1:{task_name}" + "".join(f",{k}={v}" for k, v in opts.items()))
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    task = get_task(task_name, num_test=20, **opts)
+    unk = tok.unk_token_id
+    for ex in task.load("test"):
+        text = f"{ex.question} {task.target(ex)}"
+        ids = tok(text)["input_ids"]
+        assert unk not in ids and len(ids) == len(text.split())
+        assert tok.decode(ids, skip_special_tokens=True) == text  # "####" is not glued to the word before it
+    for marker in ("<bot>", "<eot>", "<pause>"):
+        assert tok.convert_tokens_to_ids(marker) != unk
+
+
+def test_demo_arms_share_one_curriculum() -> None:
+    s = DemoSettings.full()
+    by_name = {a.method: a for a in arms(s, "pointer_chase2")}
+    assert by_name["coconut"].settings == by_name["pause"].settings
+    assert by_name["coconut"].steps == 4 * 300 and by_name["coconut"].init_from == "cot_sft"
+    assert by_name["codi"].settings["num_thoughts"] == s.k
+
+
+def test_demo_smoke_end_to_end_and_reuse(tmp_path) -> None:
+    s = DemoSettings(tasks=("pointer_chase2",), k=2, d=32, layers=1, batch=8, sft_steps=2,
+                     stage_steps={"pointer_chase": 1, "pointer_chase2": 1}, codi_steps={"pointer_chase": 1,
+                     "pointer_chase2": 1}, eval_questions=6, num_train=40)
+    rows = run_demo(s, tmp_path, progress=False)
+    methods = [r["method"] for r in rows]
+    assert methods[:5] == ["no_cot_sft", "cot_sft", "coconut", "pause", "codi"]
+    by = {(r["task"], r["method"]): r for r in rows}
+    assert by[("pointer_chase2", "coconut")]["latent_steps"] == 2 and by[("pointer_chase2", "codi")]["latent_steps"] == 2
+    assert all(0 <= r["accuracy"] <= 100 and r["decode_steps"] > 0 for r in rows)
+    for name in ("report.md", "results.json", "accuracy_vs_steps.png"):
+        assert (tmp_path / name).is_file()
+    assert "| pointer_chase2 | coconut |" in (tmp_path / "report.md").read_text()
+    summary = (tmp_path / "pointer_chase2" / "coconut" / "train_summary.json").read_text()
+    again = run_demo(s, tmp_path, progress=False)  # everything reused: same numbers, training not redone
+    assert [(r["method"], r["accuracy"], r["train_steps"]) for r in again] == [
+        (r["method"], r["accuracy"], r["train_steps"]) for r in rows]
+    assert (tmp_path / "pointer_chase2" / "coconut" / "train_summary.json").read_text() == summary
+    assert format_table(rows).count("\n") == len(rows) + 1
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["k"] == 2
+
+
+@pytest.mark.slow
+def test_demo_quick_cli(tmp_path) -> None:
+    from latentcot.cli.main import main
+
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {r["method"] for r in data["rows"]} >= {"no_cot_sft", "cot_sft", "coconut", "pause", "codi"}
