@@ -43,14 +43,19 @@ def test_task_tokenizer_covers_every_word_and_round_trips(task_name: str, opts: 
 
 def test_demo_arms_share_one_curriculum() -> None:
     s = DemoSettings.full()
-    by_name = {a.method: a for a in arms(s, "pointer_chase2")}
+    by_name = {a.method: a for a in arms(s, "pointer_chase")}
     assert by_name["coconut"].settings == by_name["pause"].settings
-    assert by_name["coconut"].steps == 4 * 300 and by_name["coconut"].init_from == "cot_sft"
+    assert by_name["coconut"].steps == 4 * 150 and by_name["coconut"].init_from == "cot_sft"
     assert by_name["codi"].settings["num_thoughts"] == s.k
+    two = {a.method: a for a in arms(s, "pointer_chase2")}
+    assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 800
+    assert two["coconut"].steps == 4 * 300
 
 
 def test_demo_smoke_end_to_end_and_reuse(tmp_path) -> None:
-    s = DemoSettings(tasks=("pointer_chase2",), k=2, d=32, layers=1, batch=8, sft_steps=2,
+    every = ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking")
+    s = DemoSettings(tasks=("pointer_chase2",), k=2, d=32, layers=1, batch=8, sft_steps={"pointer_chase2": 2},
+                     methods={"pointer_chase2": every},
                      stage_steps={"pointer_chase": 1, "pointer_chase2": 1}, codi_steps={"pointer_chase": 1,
                      "pointer_chase2": 1}, eval_questions=6, num_train=40)
     rows = run_demo(s, tmp_path, progress=False)

@@ -43,7 +43,9 @@ class DemoSettings:
         arch, d, layers: the from-scratch model (`scratch-ARCH[-dD][-lL]:TASK`).
         batch: training batch size.
         lr: peak learning rate (AdamW).
-        sft_steps: optimizer steps of no_cot_sft and cot_sft.
+        methods: the arms compared on each task (pointer_chase2 shows compression: cot_sft vs coconut).
+        sft_steps: optimizer steps of no_cot_sft and cot_sft, per task (CoT-SFT on 2-token steps was still at
+            14% after 600 steps and reached 92% at 800: `latentcot train ... eval_every=200`).
         stage_steps: optimizer steps per curriculum stage, per task (coconut, pause).
         codi_steps: optimizer steps of codi, per task.
         eval_questions: test questions per method.
@@ -62,7 +64,11 @@ class DemoSettings:
     layers: int = 4
     batch: int = 64
     lr: float = 1e-3
-    sft_steps: int = 300
+    methods: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "pointer_chase": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
+        "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "soft_thinking"),
+    })
+    sft_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 800})
     stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 300})
     codi_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 300})
     eval_questions: int = 500
@@ -77,7 +83,7 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> DemoSettings:
         """About 1-2 minutes on 2 cores: 2-hop problems, short runs, 100 test questions."""
-        return cls(tasks=("pointer_chase",), k=2, sft_steps=250, stage_steps={"pointer_chase": 100},
+        return cls(tasks=("pointer_chase",), k=2, sft_steps={"pointer_chase": 250}, stage_steps={"pointer_chase": 100},
                    codi_steps={"pointer_chase": 150}, eval_questions=100, num_train=4000)
 
     def model(self, task: str) -> str:
@@ -101,10 +107,11 @@ def arms(s: DemoSettings, task: str) -> list[Arm]:
 
     _register_all()
     stage = s.stage_steps.get(task, max(s.stage_steps.values()))
+    sft = s.sft_steps.get(task, max(s.sft_steps.values()))
     curriculum = {"max_stage": s.k, "start_stage": 1, "thoughts_per_step": 1, "stage_steps": stage}
     out = [
-        Arm("no_cot_sft", {}, s.sft_steps),
-        Arm("cot_sft", {}, s.sft_steps),
+        Arm("no_cot_sft", {}, sft),
+        Arm("cot_sft", {}, sft),
         Arm("coconut", curriculum, stage * s.k, "cot_sft"),
         Arm("pause", curriculum, stage * s.k, "cot_sft"),
         Arm("codi", {"num_thoughts": s.k}, s.codi_steps.get(task, max(s.codi_steps.values())), "cot_sft"),
@@ -112,7 +119,8 @@ def arms(s: DemoSettings, task: str) -> list[Arm]:
     if "soft_thinking" in METHODS:
         # thinking ends where the cot_sft model writes the answer mark; 2 tokens per step at most
         out.append(Arm("soft_thinking", {"think_end": "####", "max_think_steps": 2 * s.k + 2}, 0, "cot_sft"))
-    return out
+    wanted = s.methods.get(task)
+    return [a for a in out if wanted is None or a.method in wanted]
 
 
 def init_from(method, path: Path) -> None:
