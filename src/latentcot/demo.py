@@ -128,7 +128,11 @@ def init_from(method, path: Path) -> None:
     from latentcot.training.checkpoint import load_weights
 
     state = load_weights(path)
-    result = method.load_state_dict(state, strict=False)
+    try:
+        result = method.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch: the run was made with another model
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path} does not fit method {method.name!r} ({first}): delete that run to retrain it") from None
     if result.unexpected_keys:
         raise CheckpointError(f"{path} does not fit method {method.name!r}: unexpected {result.unexpected_keys[:3]}")
     params = {n for n, _ in method.named_parameters()}  # tied weights (lm_head = wte) appear once

@@ -29,4 +29,7 @@ def run(args: argparse.Namespace) -> int:
         for a in known_aliases():
             ok = a.installed()
             print(f"{a.name:28s} {'installed' if ok else 'missing':10s} {a.description}" + ("" if ok else f"  [{a.install_hint}]"))
+        print(f"{'scratch-ARCH:TASK':28s} {'built in':10s} from-scratch tiny model + word-level tokenizer over a synthetic "
+              "task, e.g. scratch-gpt2:pointer_chase (options: scratch-gpt2-d128-l4-h4-p256:TASK,key=value)")
+        print("also: any HF hub id or local directory (safetensors), or a .gguf file")
     return 0

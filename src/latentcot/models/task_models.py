@@ -1,7 +1,7 @@
 """From-scratch tiny models for synthetic tasks: a word-level tokenizer over the task's vocabulary and a small
 randomly initialised GPT-2 or Llama, named by a model alias of the form
 
-    scratch-ARCH[-dD][-lL][-hH]:TASK[,key=value...]
+    scratch-ARCH[-dD][-lL][-hH][-pP]:TASK[,key=value...]
     e.g. scratch-gpt2:pointer_chase, scratch-llama-d64-l2:arith_chain, scratch-gpt2:pointer_chase2,step_format=sep
 
 ARCH is gpt2 (absolute positions) or llama (rotary); the default size is 4 layers, d=128, 4 heads: the
@@ -29,7 +29,7 @@ PREFIX = "scratch-"
 MARKERS = ("<bot>", "<eot>", "<pause>")
 PROMPT_SEPARATOR = "Answer:"
 _ALIAS = re.compile(
-    r"^scratch-(?P<arch>gpt2|llama)(?:-d(?P<d>\d+))?(?:-l(?P<l>\d+))?(?:-h(?P<h>\d+))?:(?P<task>\w+)"
+    r"^scratch-(?P<arch>gpt2|llama)(?:-d(?P<d>\d+))?(?:-l(?P<l>\d+))?(?:-h(?P<h>\d+))?(?:-p(?P<p>\d+))?:(?P<task>\w+)"
     r"(?P<opts>(?:,\w+=[\w.-]+)*)$"
 )
 
@@ -45,7 +45,8 @@ class ScratchSpec:
         d: hidden size.
         layers: transformer blocks.
         heads: attention heads.
-        max_positions: longest sequence (synthetic problems are short).
+        max_positions: longest sequence (`-pN`; the default fits the pointer and arithmetic tasks; prosqa_synth's
+            ~320-word questions plus the CoT need -p512).
         seed: initialisation seed.
     """
 
@@ -55,7 +56,7 @@ class ScratchSpec:
     d: int = 128
     layers: int = 4
     heads: int = 4
-    max_positions: int = 512  # prosqa_synth: ~320-word questions plus the CoT
+    max_positions: int = 256
     seed: int = 0
 
 
@@ -68,13 +69,13 @@ def parse_alias(name: str) -> ScratchSpec:
     m = _ALIAS.match(name)
     if not m:
         raise ModelError(
-            f"model {name!r} is not a from-scratch alias: write scratch-ARCH[-dD][-lL][-hH]:TASK[,key=value...] with "
+            f"model {name!r} is not a from-scratch alias: write scratch-ARCH[-dD][-lL][-hH][-pP]:TASK[,key=value...] with "
             "ARCH gpt2 or llama, e.g. scratch-gpt2:pointer_chase"
         )
-    kw = {k: int(m[g]) for k, g in (("d", "d"), ("layers", "l"), ("heads", "h")) if m[g]}
+    kw = {k: int(m[g]) for k, g in (("d", "d"), ("layers", "l"), ("heads", "h"), ("max_positions", "p")) if m[g]}
     opts = tuple(tuple(o.split("=", 1)) for o in m["opts"].split(",") if o)
     spec = ScratchSpec(arch=m["arch"], task=m["task"], task_settings=opts, **kw)
-    if spec.d <= 0 or spec.layers <= 0 or spec.heads <= 0 or spec.d % spec.heads:
+    if spec.d <= 0 or spec.layers <= 0 or spec.heads <= 0 or spec.d % spec.heads or spec.max_positions <= 0:
         raise ModelError(f"model {name!r}: d must be a positive multiple of the number of heads, layers > 0")
     return spec
 
