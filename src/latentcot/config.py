@@ -105,13 +105,6 @@ def from_dict(cls: type, data: dict[str, Any], section: str = "") -> Any:
     return cls(**kwargs)
 
 
-def replace(obj: Any, updates: dict[str, Any], section: str = "") -> Any:
-    """Like dataclasses.replace, with type coercion and validation (`__post_init__`) of the result."""
-    merged = {**dataclasses.asdict(obj), **updates}
-    # asdict recurses into nested dataclasses; configs here are flat, so this round-trips.
-    return from_dict(type(obj), merged, section)
-
-
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
