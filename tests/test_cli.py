@@ -53,9 +53,12 @@ def test_eval_writes_outputs_and_resumes(tmp_path, shared_data, capsys):
 
 def test_train_then_eval_with_weights(tmp_path, capsys):
     out = tmp_path / "t"
-    args = ["train", "--method", "cot_sft", "--model", "tiny-gpt2", "--task", "pointer_chase", "--out", str(out),
-            "--no-progress", "max_steps=3", "train_batch_size=2", "lr=1e-3"]
+    # settings may sit before, between and after the options
+    args = ["train", "max_steps=3", "--method", "cot_sft", "--model", "tiny-gpt2", "train_batch_size=2", "--task",
+            "pointer_chase", "--out", str(out), "--no-progress", "lr=1e-3"]
     assert main(args) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["lr"] == pytest.approx(1e-3)
     assert (out / "trainable.safetensors").is_file()
     assert main(["eval", "--method", "cot_sft", "--model", "tiny-gpt2", "--task", "pointer_chase", "--limit", "2",
                  "--out", str(tmp_path / "e"), "--no-progress", f"weights={out}", "max_new_tokens=4"]) == 0
@@ -75,6 +78,12 @@ def test_user_errors_are_one_line_with_exit_2(argv, needle, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path / "x"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_arguments_are_still_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--method", "cot", "--bogus", "x=1"])
+    assert e.value.code == 2 and "--bogus" in capsys.readouterr().err
 
 
 def test_bad_weights_file_is_a_clear_error(tmp_path, capsys):

@@ -172,6 +172,25 @@ def test_self_consistency_with_softcot(tmp_path, arith_task):
         assert alone.text == mine[3]["output"]
 
 
+@pytest.mark.parametrize("projection", ["linear", "mlp"])
+def test_embedding_norm_init_matches_the_backbone_rows(projection, arith_task):
+    plain = _softcot(projection=projection)
+    m = _softcot(projection=projection, projection_init="embedding_norm")
+    target = float(m.backbone.model.get_input_embeddings().weight.norm(dim=-1).mean())
+    probe = Example(id="p", question="", answer="")
+    with torch.no_grad():
+        before = float(plain.soft_thoughts([probe], 3)[0].norm(dim=-1).mean())
+        after = float(m.soft_thoughts([probe], 3)[0].norm(dim=-1).mean())
+        # the same seed gives the same init; only the scale of the last layer differs
+        q = arith_task.load("test")[:2]
+        ratio = m.soft_thoughts(q, 2)[0] / plain.soft_thoughts(q, 2)[0]
+    assert after == pytest.approx(target, rel=1e-4)
+    assert abs(before - target) > 0.1 * target  # the default init is off scale here, so the test can tell them apart
+    assert torch.allclose(ratio, torch.full_like(ratio, target / before), rtol=1e-3)
+    with pytest.raises(ConfigError, match="projection_init"):
+        SoftCoTConfig(projection_init="xavier")
+
+
 def test_bad_checkpoints_and_values(tmp_path):
     m = _softcot()
     good = tmp_path / "good.safetensors"

@@ -36,7 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value settings may sit before, between or after the options (argparse stops a positional list at the
+    # first option); anything else left over is an error, as with parse_args
+    late = [a for a in extra if "=" in a and not a.startswith("-")]
+    if late and isinstance(getattr(args, "settings", None), list):
+        args.settings += late
+        extra = [a for a in extra if a not in late]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -36,6 +36,7 @@ from latentcot.tasks.base import Example, Task
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "<|soft_thought|>"
+PROJECTION_INITS = ("default", "embedding_norm")
 # Cut point of a rendered prompt: the end of the user message, where thoughts (or hints, or pauses) go.
 _CUT = "\x00latentcot:thoughts\x00"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -85,6 +86,11 @@ class SoftCoTConfig(MethodConfig):
     num_thoughts: N, soft thoughts at evaluation (the paper: 4).
     num_thoughts_train: N at training (the paper trains with 32 and evaluates with 4 on purpose).
     projection: "linear" (the paper's d_a -> d map) or "mlp".
+    projection_init: "default" (PyTorch's Linear init, as the paper) or "embedding_norm": the same init, then the
+        last layer rescaled so that the thoughts' mean norm equals the mean norm of the backbone's embedding rows
+        (measured on one assistant pass over an empty question). Assistant last-layer states are often 10-100x
+        larger than the backbone's token embeddings (smollm2 -> qwen2.5: thoughts of norm ~32 against rows of ~0.5),
+        which a short training run cannot undo.
     assistant_instruction: what the assistant reads before the question.
     assistant_lora_r: LoRA rank on the assistant (0 = frozen).
     backbone_lora_r: LoRA rank on the backbone (0 = frozen).
@@ -95,6 +101,7 @@ class SoftCoTConfig(MethodConfig):
     num_thoughts: int = 4
     num_thoughts_train: int = 32
     projection: str = "linear"
+    projection_init: str = "default"
     assistant_instruction: str = DEFAULT_ASSISTANT_INSTRUCTION
     assistant_lora_r: int = 0
     backbone_lora_r: int = 0
@@ -106,6 +113,8 @@ class SoftCoTConfig(MethodConfig):
         check(self.num_thoughts > 0, "num_thoughts", f"must be > 0, got {self.num_thoughts}")
         check(self.num_thoughts_train > 0, "num_thoughts_train", f"must be > 0, got {self.num_thoughts_train}")
         check(self.projection in PROJECTIONS, "projection", f"must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
+        check(self.projection_init in PROJECTION_INITS, "projection_init",
+              f"must be one of {', '.join(PROJECTION_INITS)}, got {self.projection_init!r}")
         check(self.assistant_lora_r >= 0, "assistant_lora_r", f"must be >= 0 (0 = off), got {self.assistant_lora_r}")
         check(self.backbone_lora_r >= 0, "backbone_lora_r", f"must be >= 0 (0 = off), got {self.backbone_lora_r}")
 
@@ -138,6 +147,24 @@ class SoftCoT(Method):
             apply_lora(backbone, cfg.backbone_lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
         self.projection = build_projection(cfg.projection, self.assistant.hidden_size, backbone.hidden_size)
         self.projection.to(backbone.device)
+        if cfg.projection_init == "embedding_norm":
+            self.match_embedding_norm()
+
+    @torch.no_grad()
+    def match_embedding_norm(self) -> float:
+        """Rescales the projection's last layer so that thoughts have the backbone's mean embedding-row norm.
+
+        Deterministic (one assistant pass over an empty question, no randomness), so every process that builds
+        the method gets the same initial projection. Returns the factor applied."""
+        target = float(self.backbone.model.get_input_embeddings().weight.float().norm(dim=-1).mean())
+        probe = Example(id="projection-init", question="", answer="")
+        thoughts, _ = self.soft_thoughts([probe], self.cfg.num_thoughts_train)
+        factor = target / max(float(thoughts.norm(dim=-1).mean()), 1e-12)
+        last = [m for m in self.projection.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+        log.info("projection rescaled by %.4g to thoughts of norm %.4g (embedding_norm init)", factor, target)
+        return factor
 
     @classmethod
     def smoke_settings(cls, model: str) -> dict[str, Any]:
