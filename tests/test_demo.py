@@ -48,7 +48,7 @@ def test_demo_arms_share_one_curriculum() -> None:
     assert by_name["coconut"].steps == 4 * 150 and by_name["coconut"].init_from == "cot_sft"
     assert by_name["codi"].settings["num_thoughts"] == s.k
     two = {a.method: a for a in arms(s, "pointer_chase2")}
-    assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 800
+    assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 1200
     assert two["coconut"].steps == 4 * 300
 
 
