@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from safetensors.torch import load_file
 
@@ -42,8 +44,12 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, arith_task):
     part = _method()
     s = train(part, arith_task, examples, cfg, tmp_path / "part", seed=1, progress=False, stop_after=3)
     assert s["stopped_early"] and s["steps"] == 3
+    first = json.loads((tmp_path / "part" / "checkpoint" / "state.json").read_text())
+    assert first["seconds"] > 0 and first["peak_rss_mib"] > 0
     resumed = _method()  # a fresh process would build the method again, then resume from the checkpoint
-    train(resumed, arith_task, examples, cfg, tmp_path / "part", seed=1, progress=False)
+    summary = train(resumed, arith_task, examples, cfg, tmp_path / "part", seed=1, progress=False)
+    # the summary accounts for the whole run, not just the resumed process
+    assert summary["seconds"] > first["seconds"] and summary["peak_rss_mib"] >= first["peak_rss_mib"]
     a = load_file(str(tmp_path / "full" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "part" / "trainable.safetensors"))
     assert a.keys() == b.keys()

@@ -139,10 +139,12 @@ def train(
     opt = make_optimizer(method, cfg)
     ckpt = out_dir / "checkpoint"
     step, epoch, pos = 0, 0, 0
+    before = {"seconds": 0.0, "peak_rss_mib": 0.0}  # what earlier processes of this run spent (resume)
     if (ckpt / "state.json").is_file():
         weights, st = load_checkpoint(ckpt, opt)
         method.load_trainable_state_dict(weights, str(ckpt))
         step, epoch, pos = st["step"], st["epoch"], st["pos"]
+        before = {k: float(st.get(k, 0.0)) for k in before}
         log.info("resumed from %s at step %d", ckpt, step)
         if step >= total:
             log.info("training already complete (%d steps)", step)
@@ -153,8 +155,14 @@ def train(
     bar = tqdm(total=total, initial=step, desc=f"train {method.name}", disable=not progress, dynamic_ncols=True)
     last: dict[str, Any] = {}
 
+    def spent() -> dict[str, float]:
+        """Training seconds and peak memory of the whole run so far, across resumed processes."""
+        return {"seconds": round(before["seconds"] + time.perf_counter() - t0, 3),
+                "peak_rss_mib": round(max(before["peak_rss_mib"], peak_rss_mib()), 1)}
+
     def checkpoint() -> None:
-        save_checkpoint(ckpt, method.trainable_state_dict(), opt, {"step": step, "epoch": epoch, "pos": pos, "total": total})
+        save_checkpoint(ckpt, method.trainable_state_dict(), opt,
+                        {"step": step, "epoch": epoch, "pos": pos, "total": total, **spent()})
 
     while step < total:
         if method.begin_step(step, total):
@@ -190,7 +198,7 @@ def train(
         bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
         last = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], **logs}
         if cfg.log_every and (step % cfg.log_every == 0 or step == total):
-            _append(log_path, {**last, "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})
+            _append(log_path, {**last, **spent()})
         if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
             _append(log_path, {"step": step, "eval": evaluate(step)})
             method.train()
@@ -204,8 +212,7 @@ def train(
     summary = {
         "steps": step,
         "total_steps": total,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
+        **spent(),
         "trainable_parameters": sum(p.numel() for _, p in method.trainable_parameters()),
         **{k: v for k, v in last.items() if k not in ("step",)},
     }
