@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import yaml
 
 from latentcot.demo import DemoSettings, arms, format_table, run_demo
 from latentcot.errors import ModelError
@@ -74,6 +76,15 @@ def test_demo_smoke_end_to_end_and_reuse(tmp_path) -> None:
     assert (tmp_path / "pointer_chase2" / "coconut" / "train_summary.json").read_text() == summary
     assert format_table(rows).count("\n") == len(rows) + 1
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["k"] == 2
+    # A changed setting retrains the arms it touches (and those started from them), never reusing stale runs.
+    codi_cfg = tmp_path / "pointer_chase2" / "codi" / "train_config.yaml"
+    assert yaml.safe_load(codi_cfg.read_text())["train"]["lr"] == s.codi_lr
+    run_demo(dataclasses.replace(s, codi_lr=1e-4), tmp_path, progress=False)
+    assert yaml.safe_load(codi_cfg.read_text())["train"]["lr"] == 1e-4
+    assert (tmp_path / "pointer_chase2" / "coconut" / "train_summary.json").read_text() == summary
+    run_demo(dataclasses.replace(s, codi_lr=1e-4, sft_steps={"pointer_chase2": 3}), tmp_path, progress=False)
+    coconut_key = json.loads((tmp_path / "pointer_chase2" / "coconut" / "demo_arm.json").read_text())
+    assert coconut_key["init_from"]["steps"] == 3  # coconut starts from the new cot_sft run, so it ran again
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,8 @@ class DemoSettings:
         arch, d, layers: the from-scratch model (`scratch-ARCH[-dD][-lL]:TASK`).
         batch: training batch size.
         lr: peak learning rate (AdamW).
+        codi_lr: codi's learning rate. At 1e-3 its 2-hop training diverges (gradient norms above 100 from
+            step ~150, 0% accuracy at step 600); at 3e-4 it reaches 100% by step 200.
         methods: the arms compared on each task (pointer_chase2 shows compression: cot_sft vs coconut).
         sft_steps: optimizer steps of no_cot_sft and cot_sft, per task. CoT-SFT on 2-token steps sits at 6-25%
             for 600-800 steps, then jumps: 97% / 99% at step 1000 and 98% / 100% at 1200 for seeds 0 / 1 of
@@ -65,6 +68,7 @@ class DemoSettings:
     layers: int = 4
     batch: int = 64
     lr: float = 1e-3
+    codi_lr: float = 3e-4
     methods: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
         "pointer_chase": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
         "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "soft_thinking"),
@@ -85,7 +89,7 @@ class DemoSettings:
     def quick(cls) -> DemoSettings:
         """About 1-2 minutes on 2 cores: 2-hop problems, short runs, 100 test questions."""
         return cls(tasks=("pointer_chase",), k=2, sft_steps={"pointer_chase": 250}, stage_steps={"pointer_chase": 100},
-                   codi_steps={"pointer_chase": 150}, eval_questions=100, num_train=4000)
+                   codi_steps={"pointer_chase": 200}, eval_questions=100, num_train=4000)
 
     def model(self, task: str) -> str:
         size = (f"-d{self.d}" if self.d != 128 else "") + (f"-l{self.layers}" if self.layers != 4 else "")
@@ -101,6 +105,7 @@ class Arm:
     settings: dict[str, Any]
     steps: int
     init_from: str | None = None
+    lr: float | None = None
 
 
 def arms(s: DemoSettings, task: str) -> list[Arm]:
@@ -115,7 +120,7 @@ def arms(s: DemoSettings, task: str) -> list[Arm]:
         Arm("cot_sft", {}, sft),
         Arm("coconut", curriculum, stage * s.k, "cot_sft"),
         Arm("pause", curriculum, stage * s.k, "cot_sft"),
-        Arm("codi", {"num_thoughts": s.k}, s.codi_steps.get(task, max(s.codi_steps.values())), "cot_sft"),
+        Arm("codi", {"num_thoughts": s.k}, s.codi_steps.get(task, max(s.codi_steps.values())), "cot_sft", s.codi_lr),
     ]
     if "soft_thinking" in METHODS:
         # thinking ends where the cot_sft model writes the answer mark; 2 tokens per step at most
@@ -142,6 +147,33 @@ def init_from(method, path: Path) -> None:
         raise CheckpointError(f"{path} does not cover the backbone of {method.name!r}: missing {uncovered[:3]}")
 
 
+def arm_key(s: DemoSettings, task_name: str, arm: Arm, out: Path) -> dict[str, Any]:
+    """What an arm's result depends on: its settings, the model and data, and the key of the run it starts from."""
+    key: dict[str, Any] = {
+        "model": s.model(task_name), "k": s.k, "num_nodes": s.num_nodes, "num_train": s.num_train, "seed": s.seed,
+        "eval_questions": s.eval_questions, "settings": arm.settings, "steps": arm.steps,
+        "lr": (arm.lr or s.lr) if arm.steps else None, "batch": s.batch if arm.steps else None,
+    }
+    if arm.init_from:
+        parent = out / task_name / arm.init_from / KEY_FILE
+        key["init_from"] = json.loads(parent.read_text()) if parent.is_file() else arm.init_from
+    return key
+
+
+KEY_FILE = "demo_arm.json"
+
+
+def fresh_run(run_dir: Path, key: dict[str, Any], label: str) -> None:
+    """Keeps `run_dir` for reuse or resume only if it was made with the same `key`; otherwise deletes it (it is
+    the demo's own output), so a changed setting never reuses stale weights or samples."""
+    path = run_dir / KEY_FILE
+    if run_dir.is_dir() and (not path.is_file() or json.loads(path.read_text()) != key):
+        log.info("%s: made with other settings; running it again", label)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(key, indent=1, sort_keys=True))
+
+
 def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool) -> dict[str, Any]:
     """Trains (or reuses) and evaluates one arm; returns its row of the results table."""
     from latentcot.pipeline import build, evaluate_run, resolve, train_run
@@ -155,9 +187,10 @@ def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool
         "run.seed": s.seed, "device": "cpu", **s.task_settings.get(task_name, {}), **arm.settings,
     }
     if arm.steps:
-        values.update({"max_steps": arm.steps, "train_batch_size": s.batch, "lr": s.lr, "log_every": 25,
+        values.update({"max_steps": arm.steps, "train_batch_size": s.batch, "lr": arm.lr or s.lr, "log_every": 25,
                        "save_every": 200})
     res = resolve(values)
+    fresh_run(run_dir, arm_key(s, task_name, arm, out), f"{task_name}/{arm.method}")
     torch.manual_seed(s.seed)
     method, task = build(res)
     summary_path = run_dir / "train_summary.json"
@@ -278,7 +311,7 @@ def write_report(s: DemoSettings, rows: list[dict[str, Any]], out: Path, wall: f
         "# latentcot demo: continuous thoughts on synthetic pointer chasing",
         "",
         f"Tiny {s.arch.upper()} models ({s.layers} layers, d={s.d}) trained from scratch with each task's word-level "
-        f"tokenizer; {s.k}-hop problems over {s.num_nodes} nodes; batch {s.batch}, lr {s.lr}; "
+        f"tokenizer; {s.k}-hop problems over {s.num_nodes} nodes; batch {s.batch}, lr {s.lr} (codi {s.codi_lr}); "
         f"{s.eval_questions} test questions, greedy. coconut/pause/codi start from the cot_sft model. "
         f"Wall time of this invocation: {wall:.0f} s (reused runs cost nothing).",
         "",
