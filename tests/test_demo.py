@@ -51,7 +51,7 @@ def test_demo_arms_share_one_curriculum() -> None:
     assert by_name["codi"].settings["num_thoughts"] == s.k
     two = {a.method: a for a in arms(s, "pointer_chase2")}
     assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 1200
-    assert two["coconut"].steps == 4 * 300
+    assert two["coconut"].steps == 4 * 200
 
 
 def test_demo_smoke_end_to_end_and_reuse(tmp_path) -> None:

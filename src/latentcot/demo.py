@@ -50,7 +50,8 @@ class DemoSettings:
         sft_steps: optimizer steps of no_cot_sft and cot_sft, per task. CoT-SFT on 2-token steps sits at 6-25%
             for 600-800 steps, then jumps: 97% / 99% at step 1000 and 98% / 100% at 1200 for seeds 0 / 1 of
             these settings (200 test questions, eval every 200 steps); 800 steps were not enough for seed 0.
-        stage_steps: optimizer steps per curriculum stage, per task (coconut, pause).
+        stage_steps: optimizer steps per curriculum stage, per task (coconut, pause). On pointer_chase2 stage 1
+            stays on a loss plateau (~0.54) at 300 and at 600 steps, so 200 keep the demo within 10 minutes.
         codi_steps: optimizer steps of codi, per task.
         eval_questions: test questions per method.
         task_settings: extra settings per task (also given to the model alias, whose vocabulary depends on them);
@@ -74,7 +75,7 @@ class DemoSettings:
         "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "soft_thinking"),
     })
     sft_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 1200})
-    stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 300})
+    stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 200})
     codi_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 300})
     eval_questions: int = 500
     num_train: int = 10000
