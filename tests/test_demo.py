@@ -84,7 +84,14 @@ def test_demo_smoke_end_to_end_and_reuse(tmp_path) -> None:
     assert (tmp_path / "pointer_chase2" / "coconut" / "train_summary.json").read_text() == summary
     run_demo(dataclasses.replace(s, codi_lr=1e-4, sft_steps={"pointer_chase2": 3}), tmp_path, progress=False)
     coconut_key = json.loads((tmp_path / "pointer_chase2" / "coconut" / "demo_arm.json").read_text())
-    assert coconut_key["init_from"]["steps"] == 3  # coconut starts from the new cot_sft run, so it ran again
+    assert coconut_key["train"]["init_from"]["steps"] == 3  # coconut starts from the new cot_sft run, so it ran again
+    # Fewer test questions: only the evaluations run again; the trained runs are reused.
+    trained = (tmp_path / "pointer_chase2" / "coconut" / "train_summary.json").read_text()
+    rows = run_demo(dataclasses.replace(s, codi_lr=1e-4, sft_steps={"pointer_chase2": 3}, eval_questions=4), tmp_path,
+                    progress=False)
+    assert (tmp_path / "pointer_chase2" / "coconut" / "train_summary.json").read_text() == trained
+    metrics = json.loads((tmp_path / "pointer_chase2" / "coconut" / "metrics.json").read_text())
+    assert metrics["questions"] == 4 and len(rows) == len(every)
 
 
 @pytest.mark.slow

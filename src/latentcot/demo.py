@@ -149,28 +149,40 @@ def init_from(method, path: Path) -> None:
 
 
 def arm_key(s: DemoSettings, task_name: str, arm: Arm, out: Path) -> dict[str, Any]:
-    """What an arm's result depends on: its settings, the model and data, and the key of the run it starts from."""
-    key: dict[str, Any] = {
+    """What an arm's results depend on: "train" (its settings, the model and data, the training key of the run it
+    starts from) and "eval" (what only its evaluation depends on)."""
+    train: dict[str, Any] = {
         "model": s.model(task_name), "k": s.k, "num_nodes": s.num_nodes, "num_train": s.num_train, "seed": s.seed,
-        "eval_questions": s.eval_questions, "settings": arm.settings, "steps": arm.steps,
-        "lr": (arm.lr or s.lr) if arm.steps else None, "batch": s.batch if arm.steps else None,
+        "settings": arm.settings, "steps": arm.steps, "lr": arm_lr(s, arm) if arm.steps else None,
+        "batch": s.batch if arm.steps else None,
     }
     if arm.init_from:
         parent = out / task_name / arm.init_from / KEY_FILE
-        key["init_from"] = json.loads(parent.read_text()) if parent.is_file() else arm.init_from
-    return key
+        train["init_from"] = json.loads(parent.read_text())["train"] if parent.is_file() else arm.init_from
+    return {"train": train, "eval": {"eval_questions": s.eval_questions}}
+
+
+def arm_lr(s: DemoSettings, arm: Arm) -> float:
+    return s.lr if arm.lr is None else arm.lr
 
 
 KEY_FILE = "demo_arm.json"
+EVAL_FILES = ("config.yaml", "samples.jsonl", "metrics.json")  # what `evaluate_run` writes into a run directory
 
 
 def fresh_run(run_dir: Path, key: dict[str, Any], label: str) -> None:
-    """Keeps `run_dir` for reuse or resume only if it was made with the same `key`; otherwise deletes it (it is
-    the demo's own output), so a changed setting never reuses stale weights or samples."""
+    """Keeps what `run_dir` holds for reuse or resume only where it was made with the same `key`: other training
+    settings delete the directory (it is the demo's own output), other evaluation settings delete only the
+    evaluation's files, so a changed setting never reuses stale weights or samples."""
     path = run_dir / KEY_FILE
-    if run_dir.is_dir() and (not path.is_file() or json.loads(path.read_text()) != key):
-        log.info("%s: made with other settings; running it again", label)
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if run_dir.is_dir() and (old is None or old.get("train") != key["train"]):
+        log.info("%s: trained with other settings; running it again", label)
         shutil.rmtree(run_dir)
+    elif old is not None and old.get("eval") != key["eval"]:
+        log.info("%s: evaluated with other settings; evaluating it again", label)
+        for name in EVAL_FILES:
+            (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(key, indent=1, sort_keys=True))
 
@@ -188,7 +200,7 @@ def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool
         "run.seed": s.seed, "device": "cpu", **s.task_settings.get(task_name, {}), **arm.settings,
     }
     if arm.steps:
-        values.update({"max_steps": arm.steps, "train_batch_size": s.batch, "lr": arm.lr or s.lr, "log_every": 25,
+        values.update({"max_steps": arm.steps, "train_batch_size": s.batch, "lr": arm_lr(s, arm), "log_every": 25,
                        "save_every": 200})
     res = resolve(values)
     fresh_run(run_dir, arm_key(s, task_name, arm, out), f"{task_name}/{arm.method}")
