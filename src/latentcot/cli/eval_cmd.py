@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     res = resolve(collect(args), args.config)
     metrics = evaluate_run(res)
     print(format_metrics(metrics))
+    if isinstance(metrics.get("chains"), dict):  # methods that decode several chains per row (softcot_pp)
+        print("per chain: " + format_metrics({**metrics["chains"], "method": metrics.get("method"), "task": metrics.get("task")}))
     print(f"wrote {res.out_dir}/samples.jsonl and metrics.json")
     return 0
 

@@ -101,6 +101,7 @@ def evaluate(
     records = [r for r in read_samples(path) if sample_key(r["id"], r["seed"], r["sample"]) in wanted]
     ks = ks or sorted({1, gen.num_samples} | ({k for k in (4, 8, 16, 32) if k <= gen.num_samples}))
     metrics = compute_metrics(records, task.is_equivalent, ks)
+    metrics.update(method.extra_metrics(records, task))
     metrics.update({"method": method.name, "task": task.name})
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=1))
     return metrics

@@ -104,6 +104,10 @@ class Method(nn.Module):
         state = self.engine.prefill(self.splice_rows(rows))
         return self.engine.generate(state, gen, rand)
 
+    def extra_metrics(self, records: Sequence[dict[str, Any]], task: Task) -> dict[str, Any]:
+        """Method-specific metrics over an evaluation's sample records, merged into metrics.json (default none)."""
+        return {}
+
     # --- training ----------------------------------------------------------------------------------------------
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         raise NotImplementedError(f"method {self.name!r} does not train")

@@ -182,15 +182,24 @@ class SoftCoT(Method):
         a = self.assistant
         return a.encode(a.chat_prompt(f"{self.cfg.assistant_instruction}\n\nQuestion: {ex.question}"))
 
-    def soft_thoughts(self, examples: Sequence[Example], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def soft_thoughts(
+        self, examples: Sequence[Example], n: int, markers: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batched assistant forward -> projected thoughts.
+
+        Args:
+            examples: B rows.
+            n: placeholders (thoughts) per row.
+            markers: per row, the assistant token id that fills its n placeholders (default: the placeholder
+                token for every row; SoftCoT++ starts each of its chains from another token).
 
         Returns:
             thoughts: (B, n, d) float32 in the backbone's embedding space.
             prefill: (B,) assistant positions read per row.
         """
         a = self.assistant
-        rows = [[tokens(self.assistant_ids(ex)), tokens([self.marker_id] * n, name="thoughts")] for ex in examples]
+        marks = [self.marker_id] * len(examples) if markers is None else list(markers)
+        rows = [[tokens(self.assistant_ids(ex)), tokens([m] * n, name="thoughts")] for ex, m in zip(examples, marks)]
         batch = splice(rows, a.embed, a.tokenizer.pad_token_id or 0, "left")  # (B, T_a, d_a)
         a.check_length(int(batch.attention_mask.sum(-1).max()), "assistant prompt")
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in a.parameters())
@@ -205,7 +214,8 @@ class SoftCoT(Method):
                 return_dict=True,
             )
         rows_idx, cols = batch.span_positions("thoughts")  # B*n positions, row-major
-        if not bool((batch.input_ids[rows_idx, cols] == self.marker_id).all()):
+        want = torch.tensor(marks, device=rows_idx.device)[rows_idx]  # (B*n,) each position's marker
+        if not bool((batch.input_ids[rows_idx, cols] == want).all()):
             raise RuntimeError("soft-thought span does not hold the placeholder token")  # a splice bug, not user error
         h = out.hidden_states[-1][rows_idx, cols]  # (B*n, d_a)
         t_assist = h.view(len(examples), n, -1)  # (B, n, d_a)
@@ -231,11 +241,29 @@ class SoftCoT(Method):
         firsts, rows = distinct_questions(examples)  # samples of one question share one assistant pass
         thoughts, prefill = self.soft_thoughts(firsts, self.cfg.num_thoughts)  # (U, N, d)
         pick = torch.tensor(rows, device=thoughts.device)
-        batch = self.splice_rows(self.backbone_rows(examples, task, thoughts[pick]))  # (B, T+N, d)
+        return self.decode(examples, task, thoughts[pick], prefill[pick], gen, rand)
+
+    def decode(
+        self,
+        examples: Sequence[Example],
+        task: Task,
+        thoughts: torch.Tensor,
+        assistant_prefill: torch.Tensor,
+        gen: GenerationConfig,
+        rand: RowRandom | None,
+    ) -> list[RowOutput]:
+        """The backbone writes one output per row after its thoughts, all rows in one batched, cached decode.
+
+        Args:
+            examples: B rows.
+            thoughts: (B, N, d) each row's projected thoughts.
+            assistant_prefill: (B,) assistant positions read for each row (added to its prefill count).
+        """
+        batch = self.splice_rows(self.backbone_rows(examples, task, thoughts))  # (B, T+N, d)
         outs = self.engine.generate(self.engine.prefill(batch), gen, rand)
-        for out, i in zip(outs, pick.tolist()):
-            out.prefill_tokens += int(prefill[i])
-            out.extra["assistant_prefill_tokens"] = int(prefill[i])
+        for out, n in zip(outs, assistant_prefill.tolist()):
+            out.prefill_tokens += int(n)
+            out.extra["assistant_prefill_tokens"] = int(n)
         return outs
 
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
