@@ -22,7 +22,7 @@ from latentcot.analysis.divergence import js_divergence
 from latentcot.analysis.lens import logit_lens
 from latentcot.analysis.similarity import rouge_l
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
-from latentcot.methods.soft_thinking import ThinkingMethod
+from latentcot.methods.thinking import ThinkingMethod
 from latentcot.models.soft import entropy
 from latentcot.models.splice import splice, tokens, vectors
 

@@ -15,6 +15,7 @@ switch between soft and hard steps at different times.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,7 +23,7 @@ import torch
 
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens
 from latentcot.models.backbone import Backbone
-from latentcot.models.splice import Spliced
+from latentcot.models.splice import Piece, Spliced, splice
 
 
 @dataclass
@@ -139,16 +140,16 @@ class Engine:
         return self.step(state, self.bb.embed(ids), want_hidden)
 
     def _forward(self, embeds, mask, positions, cache, want_hidden):
-        return self.bb.model(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            output_hidden_states=want_hidden,
-            logits_to_keep=1,
-            return_dict=True,
-        )
+        return self.bb.forward(embeds, mask, positions, cache, use_cache=True, want_hidden=want_hidden, logits_to_keep=1)
+
+    # --- the generation protocol (latentcot.decoding.backend.GenerationBackend) ---------------------------------
+    @torch.no_grad()
+    def generate_rows(
+        self, rows: Sequence[Sequence[Piece]], cfg: GenerationConfig, rand: RowRandom | None = None
+    ) -> list[RowOutput]:
+        """Plain prompts (token and vector pieces) -> one RowOutput per row: left-padded prefill, then `generate`."""
+        batch = splice(rows, self.bb.embed, self.bb.tokenizer.pad_token_id or 0, "left")
+        return self.generate(self.prefill(batch), cfg, rand)
 
     # --- the token loop ----------------------------------------------------------------------------------------
     @torch.no_grad()

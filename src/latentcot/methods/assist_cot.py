@@ -81,7 +81,7 @@ class AssistCoT(Method):
         for ex, hint in zip(examples, picked):
             user = f"{task.prompt(ex)}\n\n{self.cfg.hint_prefix} {hint.text.strip()}"
             rows.append([tokens(self.backbone.encode(self.backbone.chat_prompt(user, system=self.cfg.system)))])
-        outs = self.engine.generate(self.engine.prefill(self.splice_rows(rows)), gen, rand)
+        outs = self.generator.generate_rows(rows, gen, rand)
         for out, hint in zip(outs, picked):
             out.prefill_tokens += hint.prefill_tokens
             out.extra.update(hints=hint.text, assistant_prefill_tokens=hint.prefill_tokens, assistant_decode_steps=hint.decode_steps)

@@ -3,7 +3,9 @@
 A method holds its models (a Backbone, maybe an assistant) and its trainable modules, and implements:
 
 - `generate(examples, task, gen, rand)`: one RowOutput per example row, through the shared decode Engine;
-- `loss(examples, task)`: the training objective (trainable methods only), through `splice` and one forward;
+- `loss(examples, task)`: the training objective (trainable methods only), through `splice` and
+  `Backbone.forward`; the training loop calls it as `method(examples, task)` (`forward`), the module that a
+  distributed wrapper wraps;
 - `trainable_state_dict()` / `load_trainable_state_dict()`: only what trains is saved.
 
 Shared pieces (prompt building, prefill + token generation, SFT rows) live here so that a method file holds
@@ -20,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from latentcot.decoding.backend import GenerationBackend
 from latentcot.decoding.engine import Engine, RowOutput
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
 from latentcot.errors import CheckpointError
@@ -77,6 +80,8 @@ class Method(nn.Module):
         self.cfg = cfg
         self.backbone = backbone
         self.engine = Engine(backbone)
+        # Plain-prompt phases go through this backend (the Engine unless another one is set, e.g. vLLM).
+        self.generator: GenerationBackend = self.engine
 
     # --- for tests and the CLI ---------------------------------------------------------------------------------
     @classmethod
@@ -101,14 +106,20 @@ class Method(nn.Module):
     ) -> list[RowOutput]:
         """Default: plain prompts, then hard-token generation."""
         rows = [[tokens(self.prompt_ids(ex, task))] for ex in examples]
-        state = self.engine.prefill(self.splice_rows(rows))
-        return self.engine.generate(state, gen, rand)
+        return self.generator.generate_rows(rows, gen, rand)
 
     def extra_metrics(self, records: Sequence[dict[str, Any]], task: Task) -> dict[str, Any]:
         """Method-specific metrics over an evaluation's sample records, merged into metrics.json (default none)."""
         return {}
 
     # --- training ----------------------------------------------------------------------------------------------
+    def forward(self, batch: Sequence[Example], task: Task) -> LossOutput:
+        """The training step's forward: the module a distributed wrapper (DDP, FSDP) wraps and calls.
+
+        The training loop calls `method(batch, task)`, never `loss` directly; `loss` is the implementation.
+        """
+        return self.loss(batch, task)
+
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         raise NotImplementedError(f"method {self.name!r} does not train")
 
@@ -120,9 +131,7 @@ class Method(nn.Module):
     def sft_loss(self, rows: Sequence[Sequence[Piece]]) -> LossOutput:
         """LM loss on the labelled pieces of right-padded rows, one forward."""
         batch = self.splice_rows(rows, padding_side="right")
-        out = self.backbone.model(
-            inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-        )
+        out = self.backbone.forward(batch.inputs_embeds, batch.attention_mask, batch.position_ids)
         loss = lm_loss(out.logits, batch.labels)
         n = int((batch.labels[:, 1:] != IGNORE).sum())
         return LossOutput(loss, {"loss": float(loss.detach())}, weight=float(max(n, 1)))

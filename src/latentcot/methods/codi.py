@@ -27,8 +27,10 @@ from torch import nn
 
 from latentcot.config import check
 from latentcot.errors import ConfigError
+from latentcot.latent.curriculum import split_rationale
+from latentcot.latent.rollout import rollout
 from latentcot.methods.base import LossOutput, register
-from latentcot.methods.coconut import LatentMethod, rollout, split_rationale
+from latentcot.methods.latent import LatentMethod
 from latentcot.methods.sft import SFTConfig
 from latentcot.models.backbone import Backbone
 from latentcot.models.splice import tokens
@@ -152,8 +154,7 @@ class CODI(LatentMethod):
             for ex, (r, a, y) in zip(examples, parts)
         ]
         tb = self.splice_rows(rows, padding_side="right")
-        tout = self.backbone.model(inputs_embeds=tb.inputs_embeds, attention_mask=tb.attention_mask,
-                                   position_ids=tb.position_ids, output_hidden_states=True)
+        tout = self.backbone.forward(tb.inputs_embeds, tb.attention_mask, tb.position_ids, want_hidden=True)
         ce_teacher = lm_loss(tout.logits, tb.labels)
         teacher_h = anchor_states(tout.hidden_states, tb.spans, "anchor")  # (L, B, d)
         # Student: [prompt, <bot>], N thoughts, [<eot>, anchor, answer] with the anchor and answer labelled.

@@ -81,8 +81,7 @@ class CoTUnk(Method):
     def generate(
         self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
     ) -> list[RowOutput]:
-        state = self.engine.prefill(self.splice_rows(self.rows(examples, task)))  # (B, T+N, d)
-        return self.engine.generate(state, gen, rand)
+        return self.generator.generate_rows(self.rows(examples, task), gen, rand)
 
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         if self.prompt_embeds is None:

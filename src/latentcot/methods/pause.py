@@ -16,7 +16,7 @@ import torch
 
 from latentcot.decoding.engine import DecodeState
 from latentcot.methods.base import LossOutput, register
-from latentcot.methods.coconut import CurriculumMethod
+from latentcot.methods.latent import CurriculumMethod
 from latentcot.models.backbone import Backbone
 from latentcot.models.splice import tokens
 from latentcot.tasks.base import Example, Task

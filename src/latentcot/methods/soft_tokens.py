@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from latentcot.config import check
+from latentcot.decoding.controllers import ThoughtInputs
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens
 from latentcot.methods.base import register
-from latentcot.methods.soft_thinking import ThinkingConfig, ThinkingMethod, ThoughtInputs
+from latentcot.methods.thinking import ThinkingConfig, ThinkingMethod
 from latentcot.models.backbone import Backbone
 from latentcot.models.soft import (
     add_gaussian_noise,

@@ -204,15 +204,9 @@ class SoftCoT(Method):
         a.check_length(int(batch.attention_mask.sum(-1).max()), "assistant prompt")
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in a.parameters())
         with torch.set_grad_enabled(grad):
-            out = a.model(
-                inputs_embeds=batch.inputs_embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                output_hidden_states=True,
-                use_cache=False,
-                logits_to_keep=1,  # only hidden states are needed
-                return_dict=True,
-            )
+            # logits_to_keep=1: only hidden states are needed
+            out = a.forward(batch.inputs_embeds, batch.attention_mask, batch.position_ids, want_hidden=True,
+                            logits_to_keep=1)
         rows_idx, cols = batch.span_positions("thoughts")  # B*n positions, row-major
         want = torch.tensor(marks, device=rows_idx.device)[rows_idx]  # (B*n,) each position's marker
         if not bool((batch.input_ids[rows_idx, cols] == want).all()):
@@ -259,8 +253,7 @@ class SoftCoT(Method):
             thoughts: (B, N, d) each row's projected thoughts.
             assistant_prefill: (B,) assistant positions read for each row (added to its prefill count).
         """
-        batch = self.splice_rows(self.backbone_rows(examples, task, thoughts))  # (B, T+N, d)
-        outs = self.engine.generate(self.engine.prefill(batch), gen, rand)
+        outs = self.generator.generate_rows(self.backbone_rows(examples, task, thoughts), gen, rand)
         for out, n in zip(outs, assistant_prefill.tolist()):
             out.prefill_tokens += int(n)
             out.extra["assistant_prefill_tokens"] = int(n)

@@ -2,6 +2,10 @@
 
 Composition, not inheritance: the HF model is held and called with `inputs_embeds`, an explicit attention mask
 and position ids. Nothing branches on the model's class or name.
+
+`Backbone.forward` is the one place the HF model is called: the decode engine, the training rollouts and every
+method's loss go through it, so a wrapper (gradient checkpointing, a distributed engine) or a second backend
+has one seam to plug into.
 """
 
 from __future__ import annotations
@@ -71,6 +75,44 @@ class Backbone(nn.Module):
             if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None and tid >= 0:
                 ids.add(tid)
         return sorted(ids)
+
+    # --- the one model call -----------------------------------------------------------------------------------
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: object | None = None,
+        *,
+        input_ids: torch.Tensor | None = None,
+        use_cache: bool = False,
+        want_hidden: bool = False,
+        logits_to_keep: int = 0,
+    ):
+        """One forward of the causal LM.
+
+        Args:
+            inputs_embeds: (B, T, d) spliced inputs (or give `input_ids` (B, T) instead).
+            attention_mask: (B, T_past + T) over every position fed so far, padding included.
+            position_ids: (B, T) explicit positions (left padding and latent steps make them differ per row).
+            past_key_values: the KV cache of earlier calls (None for a fresh sequence).
+            use_cache: return an updated cache (decoding, cached training rollouts).
+            want_hidden: also return every layer's hidden states ((B, T, d) each, L+1 of them).
+            logits_to_keep: compute logits only for the last n positions (0 = all).
+        Returns:
+            the HF output: logits (B, T or n, V), past_key_values, hidden_states when asked.
+        """
+        return self.model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=want_hidden,
+            logits_to_keep=logits_to_keep,
+            return_dict=True,
+        )
 
     # --- embeddings --------------------------------------------------------------------------------------------
     @property

@@ -180,7 +180,7 @@ def train(
                 order = epoch_order(n, epoch, seed)
             batch = [examples[i] for i in order[pos : pos + cfg.train_batch_size]]
             pos += cfg.train_batch_size
-            out = method.loss(batch, task)
+            out = method(batch, task)  # Method.forward
             (out.loss * out.weight).backward()
             total_weight += out.weight
             for k, v in out.logs.items():

@@ -1,0 +1,176 @@
+"""Controllers: per-row input choice inside `Engine.generate` for methods that mix step kinds.
+
+`ThinkingController` runs the think -> force the end marker -> answer phases of every method that thinks with
+continuous inputs and answers with hard tokens (`soft_thinking`, `soft_tokens`). It asks a `ThinkingPolicy`
+(the method) for the thinking inputs; the phases, Cold Stop, marker detection and per-row budgets live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from latentcot.decoding.engine import DecodeState, RowOutput
+from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens
+from latentcot.models.backbone import Backbone
+
+THINK, FORCE, ANSWER = 0, 1, 2
+
+
+@dataclass
+class ThoughtInputs:
+    """A thinking step's inputs for n rows.
+
+    Attributes:
+        embeds: (n, d) soft inputs, or None when thinking is hard (the top-1 token is fed).
+        top_ids: (n, m) token ids by mixture weight, descending; column 0 is the trace's visible token.
+        top_weights: (n, m) their weights.
+        entropy: (n,) entropy (nats) of the thinking distribution before truncation and randomness.
+    """
+
+    embeds: torch.Tensor | None
+    top_ids: torch.Tensor
+    top_weights: torch.Tensor
+    entropy: torch.Tensor
+
+
+class ThinkingPolicy(Protocol):
+    """What `ThinkingController` needs from a thinking method (`latentcot.methods.thinking.ThinkingMethod`)."""
+
+    backbone: Backbone
+    cfg: Any  # has max_think_steps
+    marker: str
+    marker_ids: list[int]
+    marker_sep_ids: list[int]
+    hard_thinking: bool
+
+    def think_inputs(self, logits: torch.Tensor, rand: RowRandom | None, gen: GenerationConfig) -> ThoughtInputs: ...
+
+    def cold_stop(self) -> tuple[float, int]: ...
+
+
+class ThinkingController:
+    """The `Controller` that lets each row think, force the end marker, then answer, at its own pace.
+
+    Random draws come from the streams of exactly the rows that need them, so a row's results never depend on
+    which other rows share its batch or on the phase they are in.
+    """
+
+    def __init__(self, method: ThinkingPolicy, gen: GenerationConfig, rand: RowRandom, batch_size: int) -> None:
+        self.m = method
+        self.gen = gen
+        self.rand = rand
+        B = batch_size
+        self.phase = [THINK] * B
+        self.think_ids: list[list[int]] = [[] for _ in range(B)]
+        self.entropies: list[list[float]] = [[] for _ in range(B)]
+        self.low = [0] * B
+        self.stop_reason = ["budget"] * B
+        self.queue: list[list[int]] = [[] for _ in range(B)]
+        # With ignore_eos neither thinking nor the answer ends at EOS, and rows end at the engine's budget.
+        self.eos = set() if gen.ignore_eos else set(method.backbone.eos_ids)
+        self.answered = [0] * B  # answer tokens sampled (the forced marker not counted)
+        self.cut = [False] * B  # rows stopped here at the answer budget
+        self.tail = len(method.marker_ids) + 8
+
+    def inputs(self, state: DecodeState, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next inputs (B, d) and emitted ids (B,) (-1 for a soft step)."""
+        bb, cfg = self.m.backbone, self.m.cfg
+        B = state.batch_size
+        dev = state.logits.device
+        ids = torch.full((B,), -1, dtype=torch.long, device=dev)
+        soft = torch.zeros(B, bb.hidden_size, device=dev)  # (B, d) float32; hard rows overwritten below
+        act = active.tolist()
+        decided: set[int] = set()
+        thinking = []
+        for b in range(B):
+            if act[b] and self.phase[b] == THINK:
+                if len(self.think_ids[b]) >= cfg.max_think_steps:
+                    self._end(b, "budget")
+                else:
+                    thinking.append(b)
+        if thinking:
+            cold_entropy, cold_steps = self.m.cold_stop()
+            th = self.m.think_inputs(state.logits[thinking], self.rand.select(thinking), self.gen)
+            top1s = th.top_ids[:, 0].tolist()
+            ents = th.entropy.tolist()
+            for j, b in enumerate(thinking):
+                top1, ent = top1s[j], ents[j]
+                self.entropies[b].append(ent)
+                self.low[b] = self.low[b] + 1 if ent < cold_entropy else 0
+                if top1 in self.eos:
+                    self._end(b, "eos")
+                elif self._completes_marker(b, top1):
+                    # The marker's last token goes in as a hard token: the answer phase starts right after it.
+                    self.phase[b], self.stop_reason[b] = ANSWER, "marker"
+                    ids[b] = top1
+                    decided.add(b)
+                elif 0 < cold_steps <= self.low[b]:
+                    self._end(b, "cold_stop")
+                else:
+                    self.think_ids[b].append(top1)
+                    if th.embeds is None:
+                        soft[b] = bb.embed(th.top_ids[j, :1]).float()[0]
+                    else:
+                        soft[b] = th.embeds[j]
+                    decided.add(b)
+        answering = []
+        for b in range(B):
+            if not act[b] or b in decided:
+                continue
+            if self.phase[b] == FORCE:
+                ids[b] = self.queue[b].pop(0)
+                if not self.queue[b]:
+                    self.phase[b] = ANSWER
+            elif self.answered[b] >= self.gen.max_new_tokens and self.eos:
+                # The answer budget is per row, after its own marker: end the row as the engine ends rows.
+                ids[b], self.cut[b] = min(self.eos), True
+            else:
+                answering.append(b)
+        if answering:
+            ids[answering] = next_tokens(state.logits[answering], self.gen, self.rand.select(answering))
+            for b in answering:
+                self.answered[b] += 1
+        hard = bb.embed(ids.clamp_min(0)).float()  # (B, d)
+        return torch.where((ids >= 0)[:, None], hard, soft), ids
+
+    def _end(self, b: int, reason: str) -> None:
+        """Stops row b's thinking; the marker is forced from the next emitted position on."""
+        self.stop_reason[b] = reason
+        text = self.m.backbone.decode(self.think_ids[b][-4:])
+        glue = bool(text) and not text[-1].isspace() and not self.m.marker[:1].isspace()
+        self.queue[b] = list(self.m.marker_sep_ids if glue else self.m.marker_ids)
+        self.phase[b] = FORCE
+
+    def _completes_marker(self, b: int, top1: int) -> bool:
+        tail = self.think_ids[b][-self.tail :] + [top1]
+        return self.m.marker.strip() in self.m.backbone.tokenizer.decode(tail, skip_special_tokens=False)
+
+    def finish(self, b: int, out: RowOutput, stop: Sequence[str]) -> RowOutput:
+        """Row b's output with the thinking trace put in front of the answer phase."""
+        bb = self.m.backbone
+        think = self.think_ids[b]
+        prefix = bb.decode(think)
+        text = bb.decode(think + out.token_ids)
+        if out.finish_reason == "stop":
+            # The engine cut the answer at a stop string; cut the joined text at the same place.
+            start = max(0, len(prefix) - 2)
+            hits = [i for i in (text.find(s, start) for s in stop) if i >= 0]
+            text = text[: min(hits)] if hits else prefix + out.text
+        out.text = text
+        if self.cut[b]:
+            out.finish_reason = "length"
+            out.decode_steps -= 1  # the closing EOS was never a step of this row
+        out.extra = {
+            "thinking_text": prefix,
+            "think_stop": self.stop_reason[b],
+            "think_steps": len(think),
+            "entropy": [round(e, 4) for e in self.entropies[b]],
+        }
+        if self.m.hard_thinking:
+            out.token_ids = think + out.token_ids
+            out.soft_steps = 0
+        return out

@@ -1,0 +1,148 @@
+"""Base classes of the methods that think between `<bot>` and `<eot>` (`coconut`, `pause`, `codi`): the
+markers, full fine-tune or LoRA, generation = prefill [prompt, <bot>], N latent steps, <eot>, answer tokens;
+and `CurriculumMethod`, the stage curriculum's bookkeeping shared by `coconut` and `pause`.
+
+The curriculum itself is `latentcot.latent.curriculum`; the rollouts are `latentcot.latent.rollout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from latentcot.config import check
+from latentcot.decoding.engine import DecodeState, RowOutput
+from latentcot.decoding.sampling import GenerationConfig, RowRandom
+from latentcot.latent.curriculum import Curriculum, without_first_steps
+from latentcot.latent.rollout import think
+from latentcot.methods.base import Method
+from latentcot.methods.sft import SFTConfig, apply_lora
+from latentcot.models.backbone import Backbone
+from latentcot.models.splice import Piece, tokens
+from latentcot.tasks.base import Example, Task
+
+BOT, EOT = "<bot>", "<eot>"
+
+
+@dataclass
+class CurriculumConfig(SFTConfig):
+    """Settings of the stage curriculum (Coconut and its pause-token control).
+
+    Attributes:
+        thoughts_per_step: c, continuous thoughts that replace one rationale step.
+        max_stage: last stage K: K steps replaced by K*c thoughts (evaluation uses it).
+        start_stage: first stage trained (0 = full CoT; 1 when starting from a CoT-SFT model).
+        stage_steps: optimizer steps per stage (0 = the run's steps split evenly over the stages).
+        mix_prob: probability that an example is trained at a uniformly drawn earlier stage instead.
+        reset_optimizer: fresh optimizer state at every stage change (the paper does).
+        num_thoughts: thoughts at evaluation (default max_stage * thoughts_per_step).
+        short_rationale: an example with fewer steps than its stage: "error" (ConfigError naming it) or
+            "remove_all" (all its steps removed, still stage*c thoughts, as the official code for GSM8k).
+    """
+
+    thoughts_per_step: int = 1
+    max_stage: int = 3
+    start_stage: int = 0
+    stage_steps: int = 0
+    mix_prob: float = 0.0
+    reset_optimizer: bool = True
+    num_thoughts: int | None = None
+    short_rationale: str = "error"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.thoughts_per_step >= 1, "thoughts_per_step", f"must be >= 1, got {self.thoughts_per_step}")
+        check(self.max_stage >= 1, "max_stage", f"must be >= 1, got {self.max_stage}")
+        check(0 <= self.start_stage <= self.max_stage, "start_stage", f"must be in [0, max_stage={self.max_stage}], got {self.start_stage}")
+        check(self.stage_steps >= 0, "stage_steps", f"must be >= 0 (0 = split evenly), got {self.stage_steps}")
+        check(0 <= self.mix_prob < 1, "mix_prob", f"must be in [0, 1), got {self.mix_prob}")
+        check(self.num_thoughts is None or self.num_thoughts > 0, "num_thoughts", f"must be > 0, got {self.num_thoughts}")
+        check(self.short_rationale in ("error", "remove_all"), "short_rationale",
+              f"must be 'error' or 'remove_all', got {self.short_rationale!r}")
+
+
+class LatentMethod(Method):
+    """Base of the methods that think between `<bot>` and `<eot>` (coconut, pause, codi): markers, full
+    fine-tune or LoRA, and generation = prefill [prompt, <bot>], N latent steps, <eot>, then answer tokens.
+
+    Subclasses set `eval_thoughts`, may override `to_input` (what a hidden state becomes as the next input) or
+    `think_steps`, and implement `loss`.
+    """
+
+    trains = True
+
+    def __init__(self, cfg: SFTConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        self.bot_id, self.eot_id = backbone.add_tokens([BOT, EOT])
+        if cfg.lora_r > 0:
+            apply_lora(backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        else:
+            backbone.model.requires_grad_(True)
+
+    @property
+    def eval_thoughts(self) -> int:
+        raise NotImplementedError
+
+    def to_input(self, h: torch.Tensor) -> torch.Tensor:
+        """Last hidden state (B, d) -> next input embedding (B, d). Coconut: h itself."""
+        return h
+
+    def prefix(self, ex: Example, task: Task) -> list[Piece]:
+        return [tokens(self.prompt_ids(ex, task)), tokens([self.bot_id])]
+
+    def think_steps(self, state: DecodeState, n: int, record: list[torch.Tensor] | None = None) -> DecodeState:
+        return think(self.engine, state, n, self.to_input, record)
+
+    def latent_state(self, examples: Sequence[Example], task: Task, record: list[torch.Tensor] | None = None):
+        """Prefill [prompt, <bot>], take the thoughts, feed <eot>: the state the answer is decoded from."""
+        state = self.engine.prefill(self.splice_rows([self.prefix(ex, task) for ex in examples]), want_hidden=True)
+        state = self.think_steps(state, self.eval_thoughts, record)
+        eot = torch.full((state.batch_size,), self.eot_id, dtype=torch.long, device=state.logits.device)
+        return self.engine.step_tokens(state, eot)
+
+    def generate(
+        self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
+    ) -> list[RowOutput]:
+        outs = self.engine.generate(self.latent_state(examples, task), gen, rand)
+        for o in outs:
+            o.latent_steps = self.eval_thoughts
+        return outs
+
+    @torch.no_grad()
+    def thought_logits(self, examples: Sequence[Example], task: Task) -> torch.Tensor:
+        """(B, N, V) float32 LM-head logits of the hidden state each continuous thought is made from (probes)."""
+        record: list[torch.Tensor] = []
+        self.latent_state(examples, task, record)
+        return torch.stack(record, dim=1) if record else torch.zeros(len(examples), 0, self.backbone.vocab_size)
+
+
+class CurriculumMethod(LatentMethod):
+    """Base of `coconut` and `pause`: the stage curriculum and the rows it trains on."""
+
+    Config = CurriculumConfig
+    cfg: CurriculumConfig
+
+    def __init__(self, cfg: CurriculumConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        self.curriculum = Curriculum.from_config(cfg)
+        self._step, self._total = 0, 1
+
+    @classmethod
+    def smoke_settings(cls, model: str) -> dict:
+        return {"max_stage": 1, "thoughts_per_step": 2, "short_rationale": "remove_all"}
+
+    @property
+    def eval_thoughts(self) -> int:
+        return self.cfg.num_thoughts or self.curriculum.thoughts(self.cfg.max_stage)
+
+    def begin_step(self, step: int, total_steps: int) -> bool:
+        self._step, self._total = step, total_steps
+        return self.cfg.reset_optimizer and self.curriculum.stage_changes(step, total_steps)
+
+    def plan(self, ex: Example, task: Task) -> tuple[int, list[int]]:
+        """(thoughts, target ids of the remaining text) of one training example at the current step."""
+        stage = self.curriculum.sample_stage(self._step, self._total, ex.id)
+        rest = without_first_steps(ex, stage, "max_stage", self.cfg.short_rationale == "error")
+        return self.curriculum.thoughts(stage), self.target_ids(rest, task, with_rationale=True)
