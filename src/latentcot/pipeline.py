@@ -233,4 +233,7 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
             m = evaluate(method, task, held, GenerationConfig(max_new_tokens=res.generation.max_new_tokens), [0], out / f"eval_step{step}", res.run.batch_size, False)
             return {k: m[k]["mean"] for k in ("accuracy_strict", "accuracy_flexible")}
 
-    return train(method, task, examples, res.train, out, res.run.seeds[0], evaluate_fn, res.run.progress)
+    summary = train(method, task, examples, method.train_config(res.train), out, res.run.seeds[0], evaluate_fn, res.run.progress)
+    if not summary.get("stopped_early"):
+        method.finish_training(out)
+    return summary

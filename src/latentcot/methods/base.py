@@ -128,6 +128,13 @@ class Method(nn.Module):
         (e.g. at a Coconut curriculum stage change)."""
         return False
 
+    def train_config(self, cfg: Any) -> Any:
+        """The TrainConfig the loop runs with (a method whose batches are groups, such as rloo, sets its batching)."""
+        return cfg
+
+    def finish_training(self, out_dir: Any) -> None:
+        """Called by `latentcot train` after the loop ends (e.g. to draw the run's curves)."""
+
     def sft_loss(self, rows: Sequence[Sequence[Piece]]) -> LossOutput:
         """LM loss on the labelled pieces of right-padded rows, one forward."""
         batch = self.splice_rows(rows, padding_side="right")

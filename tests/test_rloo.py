@@ -1,0 +1,229 @@
+"""RLOO over hard / soft / fuzzy CoT (Butt et al., arXiv 2509.19170): the trajectory log-probability against a
+hand computation, leave-one-out advantages, replayed rollouts, gradients, exact resume, bad input."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from latentcot.cli.main import main
+from latentcot.methods import build_method
+from latentcot.models.backbone import Backbone
+from latentcot.models.loading import load_model
+from latentcot.objectives.rloo import kl_k3, policy_loss, rewards_from_scores, rloo_advantages
+from latentcot.training.loop import TrainConfig, train
+from latentcot.training.rollout import GAUSS, TOKEN, RolloutRecord, replay
+
+TINY = ["tiny-gpt2", "tiny-llama"]
+
+
+def _rloo(model: str = "tiny-llama", seed: int = 0, **settings):
+    torch.manual_seed(seed)
+    m, tok = load_model(model)
+    base = {"group_size": 3, "prompts_per_step": 2, "max_think_steps": 5, "max_answer_tokens": 4, "think_end": "is"}
+    return build_method("rloo", {**base, **settings}, Backbone(m, tok, model))
+
+
+# --- the trajectory log-probability by hand -------------------------------------------------------------------
+class ToyLM(nn.Module):
+    """hidden_t = input_t (no mixing), tied head: logits_t = h_t E^T. Small enough to compute by hand."""
+
+    def __init__(self, E: torch.Tensor) -> None:
+        super().__init__()
+        self.emb = nn.Embedding.from_pretrained(E.clone(), freeze=False)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.emb
+
+    def get_output_embeddings(self):
+        return lambda h: h @ self.emb.weight.T
+
+    def forward(self, inputs_embeds, **_):
+        return SimpleNamespace(hidden_states=(inputs_embeds,), logits=inputs_embeds[:, -1:] @ self.emb.weight.T)
+
+
+E_TOY = [[1.0, 0.0], [0.0, 1.0], [0.5, -0.5]]  # V=3, d=2
+
+
+def _hand(mode: str, tau: float, sigma: float, temp: float) -> float:
+    """Prompt = token 0. soft/fuzzy: fed h1, h2 (Gaussian choices), then answer token 2 sampled after h2.
+    hard: fed tokens 1 then 2 (both sampled), the answer token 0 sampled after them."""
+
+    def logits(h):
+        return [sum(a * b for a, b in zip(h, e)) for e in E_TOY]
+
+    def softmax(z, t):
+        m = max(z)
+        ex = [math.exp((v - m) / t) for v in z]
+        return [v / sum(ex) for v in ex]
+
+    def log_softmax(z, t, i):
+        return math.log(softmax(z, t)[i])
+
+    if mode == "hard":
+        seq = [E_TOY[0], E_TOY[1], E_TOY[2]]
+        return log_softmax(logits(seq[0]), temp, 1) + log_softmax(logits(seq[1]), temp, 2) + log_softmax(logits(seq[2]), temp, 0)
+    h = [E_TOY[0], [0.3, 0.9], [-0.2, 0.4]]
+    total = 0.0
+    for t in (1, 2):
+        p = softmax(logits(h[t - 1]), tau)
+        mean = [sum(p[v] * E_TOY[v][j] for v in range(3)) for j in range(2)]
+        total += -sum((h[t][j] - mean[j]) ** 2 for j in range(2)) / (2 * sigma**2)
+    return total + log_softmax(logits(h[2]), temp, 2)
+
+
+@pytest.mark.parametrize("mode,tau", [("soft", 0.5), ("fuzzy", 1e-4), ("hard", 1.0)])
+def test_trajectory_log_prob_matches_hand_computation(mode, tau):
+    toy = ToyLM(torch.tensor(E_TOY))
+    method = SimpleNamespace(backbone=SimpleNamespace(device=torch.device("cpu"), hidden_size=2,
+                                                       tokenizer=SimpleNamespace(pad_token_id=0)), embed_scale=1.0)
+    sigma, temp = 0.7, 0.8
+    if mode == "hard":
+        rec = RolloutRecord([0], fed=[1, 2], choices=[(0, TOKEN, 1), (1, TOKEN, 2), (2, TOKEN, 0)])
+    else:
+        rec = RolloutRecord([0], fed=[torch.tensor([0.3, 0.9]), torch.tensor([-0.2, 0.4]), 2],
+                            choices=[(0, GAUSS, -1), (1, GAUSS, -1), (2, TOKEN, 2)])
+    # a second, longer row (padding) must not change the first row's value
+    other = RolloutRecord([0, 1, 2], fed=[1], choices=[(0, TOKEN, 1)])
+    out = replay(method, toy, [rec, other], mode, tau, sigma, temp)
+    assert out.logp[0].item() == pytest.approx(_hand(mode, tau, sigma, temp), rel=1e-5, abs=1e-5)
+    assert out.choice_row.tolist() == [0, 0, 0, 1]
+
+
+# --- advantages, rewards, loss ---------------------------------------------------------------------------------
+def test_rloo_advantages_hand_computation_and_zero_sum():
+    r = torch.tensor([[100.0, 10.0, 0.0], [0.0, 0.0, 0.0], [10.0, 100.0, 100.0]])
+    adv = rloo_advantages(r)
+    expected = torch.tensor([[100 - 5.0, 10 - 50.0, 0 - 55.0], [0.0, 0.0, 0.0], [10 - 100.0, 100 - 55.0, 100 - 55.0]])
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(adv.sum(1), torch.zeros(3), atol=1e-5, rtol=0)
+    norm = rloo_advantages(r, normalize=True)
+    torch.testing.assert_close(norm, expected / expected.std(unbiased=False))
+    torch.testing.assert_close(norm.sum(1), torch.zeros(3), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        rloo_advantages(torch.tensor([[1.0], [2.0]]))
+
+
+def test_rewards_loss_and_kl():
+    scores = [{"correct_strict": True, "pred_strict": "3"}, {"correct_strict": False, "pred_strict": "4"},
+              {"correct_strict": False, "pred_strict": None}]
+    assert rewards_from_scores(scores).tolist() == [100.0, 10.0, 0.0]
+    assert rewards_from_scores(scores, 1.0, 0.5, -1.0).tolist() == [1.0, 0.5, -1.0]
+    with pytest.raises(ValueError):
+        rewards_from_scores(scores, correct=float("nan"))
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    loss = policy_loss(logp, torch.tensor([2.0, -2.0]))
+    assert loss.item() == pytest.approx(-(2 * -1.0 + -2 * -2.0) / 2)
+    loss.backward()
+    assert logp.grad.tolist() == [-1.0, 1.0]
+    assert kl_k3(torch.tensor([-1.0]), torch.tensor([-1.0])).item() == 0.0
+    assert kl_k3(torch.tensor([-1.0]), torch.tensor([-2.0])).item() == pytest.approx(math.exp(-1) + 1 - 1)
+
+
+# --- the rollout record, replayed ------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", TINY)
+@pytest.mark.parametrize("mode", ["soft", "fuzzy"])
+def test_replayed_means_equal_rollout_means_on_padded_batches(model, mode, arith_task):
+    m = _rloo(model, rollout_mode=mode)
+    examples = [arith_task.load("train")[i] for i in (0, 7)]  # prompts of different lengths: left padding
+    rows, outs, recs = m.rollout_rows(examples, arith_task, keep_means=True)
+    assert len({len(r.prompt_ids) for r in recs}) > 1
+    rep = m.replay(recs, keep_means=True)
+    rollout_means = torch.stack([x for r in recs for x in r.means])  # (K, d)
+    assert rollout_means.shape == rep.means.shape and rollout_means.shape[0] > 0
+    assert (rollout_means - rep.means).abs().max().item() < 1e-5
+    # every row's choices: one Gaussian term per CoT step, then sampled answer tokens
+    for r in recs:
+        assert sum(k == GAUSS for _, k, _ in r.choices) == r.cot_steps
+
+
+@pytest.mark.parametrize("model", TINY)
+def test_hard_rollout_replays_sampled_tokens(model, arith_task):
+    """Hard mode: every choice is a sampled token; the replayed log-probs equal a plain HF forward over the ids."""
+    m = _rloo(model, rollout_mode="hard")
+    ex = arith_task.load("train")[:2]
+    rows, outs, recs = m.rollout_rows(ex, arith_task)
+    rep = m.replay(recs)
+    model_ = m.backbone.model
+    for b, r in enumerate(recs[:3]):
+        ids = torch.tensor([r.prompt_ids + [t for t in r.fed]])
+        with torch.no_grad():
+            lp = torch.log_softmax(model_(input_ids=ids).logits[0].float(), -1)
+        start = len(r.prompt_ids) - 1
+        want = sum(float(lp[start + pos, tok]) for pos, kind, tok in r.choices)
+        assert all(kind == TOKEN for _, kind, _ in r.choices)
+        assert rep.logp[b].item() == pytest.approx(want, abs=1e-4)
+
+
+def test_gradients_flow_through_gaussian_term_to_trainable_weights_only(arith_task):
+    m = _rloo("tiny-llama", rollout_mode="soft", lora_r=4)
+    rows, outs, recs = m.rollout_rows(arith_task.load("train")[:2], arith_task)
+    for r in recs:  # keep only the Gaussian terms
+        r.choices = [c for c in r.choices if c[1] == GAUSS]
+    assert any(r.choices for r in recs)
+    m.train()
+    rep = m.replay(recs)
+    rep.logp.sum().backward()
+    trainable = dict(m.trainable_parameters())
+    assert trainable and all("lora" in n for n in trainable)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values())
+    for n, p in m.named_parameters():
+        if n not in trainable:
+            assert p.grad is None, n
+
+
+def test_kl_to_start_policy_is_zero_at_start(arith_task):
+    for settings in ({"lora_r": 4}, {}):
+        m = _rloo("tiny-gpt2", rollout_mode="fuzzy", kl_coef=0.1, **settings)
+        out = m.loss(arith_task.load("train")[:2], arith_task)
+        assert out.logs["kl"] == pytest.approx(0.0, abs=1e-4)
+        assert set(out.logs) >= {"reward", "reward_std", "all_equal_groups", "accuracy", "cot_len", "entropy"}
+
+
+# --- resume ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_killed_and_resumed_rloo_run_is_bit_identical(tmp_path, arith_task, mode):
+    examples = arith_task.load("train")
+    settings = {"rollout_mode": mode, "group_size": 2, "prompts_per_step": 2, "micro_batch": 2}
+    m = _rloo("tiny-gpt2", **settings)
+    cfg = m.train_config(TrainConfig(lr=1e-3, max_steps=4, save_every=0, max_grad_norm=1.0))
+    assert (cfg.train_batch_size, cfg.grad_accum) == (1, 2)
+    train(m, arith_task, examples, cfg, tmp_path / "full", seed=1, progress=False)
+    part = _rloo("tiny-gpt2", **settings)
+    s = train(part, arith_task, examples, cfg, tmp_path / "part", seed=1, progress=False, stop_after=2)
+    assert s["stopped_early"]
+    resumed = _rloo("tiny-gpt2", **settings)
+    train(resumed, arith_task, examples, cfg, tmp_path / "part", seed=1, progress=False)
+    a = load_file(str(tmp_path / "full" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "part" / "trainable.safetensors"))
+    start = _rloo("tiny-gpt2", **settings).trainable_state_dict()
+    assert any(not torch.equal(a[k], start[k]) for k in a), "training changed nothing"
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("setting,field", [
+    ("group_size=1", "group_size"),
+    ("noise_scale=0", "noise_scale"),
+    ("soft_tau=-1", "soft_tau"),
+    ("fuzzy_tau=0", "fuzzy_tau"),
+    ("reward_correct=nan", "reward_correct"),
+    ("micro_batch=3", "micro_batch"),
+    ("rollout_mode=sharp", "rollout_mode"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, setting, field):
+    out = tmp_path / "run"
+    args = ["train", "--method", "rloo", "--model", "tiny-gpt2", "--task", "pointer_chase", "--out", str(out),
+            "--no-progress", "group_size=2", "prompts_per_step=2", "max_steps=1", setting]
+    if setting.startswith("fuzzy"):
+        args.append("rollout_mode=fuzzy")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0], err
+    assert not out.exists()
