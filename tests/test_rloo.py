@@ -43,7 +43,7 @@ class ToyLM(nn.Module):
     def get_output_embeddings(self):
         return lambda h: h @ self.emb.weight.T
 
-    def forward(self, inputs_embeds, **_):
+    def forward(self, inputs_embeds, *_, **__):
         return SimpleNamespace(hidden_states=(inputs_embeds,), logits=inputs_embeds[:, -1:] @ self.emb.weight.T)
 
 
@@ -80,8 +80,8 @@ def _hand(mode: str, tau: float, sigma: float, temp: float) -> float:
 @pytest.mark.parametrize("mode,tau", [("soft", 0.5), ("fuzzy", 1e-4), ("hard", 1.0)])
 def test_trajectory_log_prob_matches_hand_computation(mode, tau):
     toy = ToyLM(torch.tensor(E_TOY))
-    method = SimpleNamespace(backbone=SimpleNamespace(device=torch.device("cpu"), hidden_size=2,
-                                                       tokenizer=SimpleNamespace(pad_token_id=0)), embed_scale=1.0)
+    backbone = SimpleNamespace(model=toy, forward=toy.forward, device=torch.device("cpu"),
+                               tokenizer=SimpleNamespace(pad_token_id=0))
     sigma, temp = 0.7, 0.8
     if mode == "hard":
         rec = RolloutRecord([0], fed=[1, 2], choices=[(0, TOKEN, 1), (1, TOKEN, 2), (2, TOKEN, 0)])
@@ -90,7 +90,7 @@ def test_trajectory_log_prob_matches_hand_computation(mode, tau):
                             choices=[(0, GAUSS, -1), (1, GAUSS, -1), (2, TOKEN, 2)])
     # a second, longer row (padding) must not change the first row's value
     other = RolloutRecord([0, 1, 2], fed=[1], choices=[(0, TOKEN, 1)])
-    out = replay(method, toy, [rec, other], mode, tau, sigma, temp)
+    out = replay(backbone, 1.0, [rec, other], mode, tau, sigma, temp)
     assert out.logp[0].item() == pytest.approx(_hand(mode, tau, sigma, temp), rel=1e-5, abs=1e-5)
     assert out.choice_row.tolist() == [0, 0, 0, 1]
 
@@ -227,3 +227,34 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, setting, fi
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and field in err[0], err
     assert not out.exists()
+
+
+# --- the word-problem task and the RL diagnostics ----------------------------------------------------------------
+def test_word_arith_answers_follow_their_rationale_and_splits_are_disjoint():
+    from latentcot.tasks import get_task
+
+    task = get_task("word_arith", num_train=300, num_valid=50, num_test=50)
+    splits = {s: task.load(s) for s in ("train", "valid", "test")}
+    assert [len(v) for v in splits.values()] == [300, 50, 50]
+    assert task.load("test") == splits["test"]  # deterministic
+    qs = [{ex.question for ex in v} for v in splits.values()]
+    assert not (qs[0] & qs[1] or qs[0] & qs[2] or qs[1] & qs[2])
+    for ex in splits["train"]:
+        assert ex.rationale.rstrip(".").split("= ")[-1] == ex.answer and int(ex.answer) >= 0
+        assert task.score(ex, f"{ex.rationale}\nThe answer is {ex.answer}.")["correct_strict"]
+    assert {len(ex.steps) for ex in splits["train"]} == {1, 2}
+
+
+def test_gold_nll_equals_the_sft_loss_and_entropy_profile(arith_task):
+    from latentcot.analysis.rl import entropy_profile, gold_nll
+    from latentcot.models.splice import tokens
+
+    m = _rloo("tiny-gpt2")
+    examples = arith_task.load("test")[:4]
+    rows = [[tokens(m.prompt_ids(ex, arith_task)), tokens(m.target_ids(ex, arith_task, True), labels=True)]
+            for ex in examples]
+    with torch.no_grad():
+        want = m.sft_loss(rows).loss.item()
+    assert gold_nll(m, arith_task, examples, batch_size=3) == pytest.approx(want, rel=1e-5)
+    recs = [{"extra": {"entropy": [1.0, 2.0, 3.0]}}, {"extra": {"entropy": [3.0]}}, {"output": "no extra"}]
+    assert entropy_profile(recs) == [2.0, 2.0, 3.0]

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from latentcot.config import check
+from latentcot.decoding.controllers import ThoughtInputs
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens, row_seed
 from latentcot.methods.base import LossOutput, register
 from latentcot.methods.sft import apply_lora
-from latentcot.methods.soft_thinking import ThoughtInputs
 from latentcot.methods.soft_tokens import MODES, SoftTokens, SoftTokensConfig
 from latentcot.models.backbone import Backbone
 from latentcot.models.soft import add_gaussian_noise, dense_mixture, entropy, noise_sigma, token_probs
@@ -123,12 +123,13 @@ class RLOO(SoftTokens):
             _load_full(backbone, cfg.init_from)
             module = backbone.model.get_input_embeddings()
             self.sigma = noise_sigma(module.weight, cfg.noise_scale, self.embed_scale)
-        self._ref: list[torch.nn.Module] = []  # a list: the frozen copy is no submodule (never saved)
+        self._ref: list[Backbone] = []  # a list: the frozen copy is no submodule (never saved)
         if cfg.lora_r > 0:
             apply_lora(backbone, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
         else:
             if cfg.kl_coef > 0:
-                self._ref.append(copy.deepcopy(backbone.model).requires_grad_(False).eval())
+                frozen = copy.deepcopy(backbone.model).requires_grad_(False).eval()
+                self._ref.append(Backbone(frozen, backbone.tokenizer, backbone.name))
             backbone.model.requires_grad_(True)
         self.seed = torch.initial_seed()  # the run's seed (train_run seeds torch before building the method)
         self.step = 0
@@ -209,14 +210,14 @@ class RLOO(SoftTokens):
         """log pi of recorded rollouts (with gradients), or under the frozen start policy when `reference`."""
         c: RLOOConfig = self.cfg
         tau = c.soft_tau if c.rollout_mode == "soft" else c.fuzzy_tau
-        args = (records, c.rollout_mode, tau, self.sigma, c.rollout_temperature, keep_means)
+        args = (self.embed_scale, records, c.rollout_mode, tau, self.sigma, c.rollout_temperature, keep_means)
         if not reference:
-            return replay(self, self.backbone.model, *args)
+            return replay(self.backbone, *args)
         with torch.no_grad():
             if self._ref:
-                return replay(self, self._ref[0], *args)
+                return replay(self._ref[0], *args)
             with self.backbone.model.disable_adapter():  # LoRA: the base model is the start policy
-                return replay(self, self.backbone.model, *args)
+                return replay(self.backbone, *args)
 
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         c: RLOOConfig = self.cfg

@@ -18,15 +18,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
+from latentcot.decoding.controllers import ANSWER, THINK, ThinkingController
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
-from latentcot.methods.soft_thinking import ANSWER, THINK, ThinkingController, ThinkingMethod
 from latentcot.models.soft import dense_mixture, token_probs
 from latentcot.models.splice import Piece, splice, tokens, vectors
 from latentcot.objectives.rloo import soft_step_log_density, token_log_probs
 from latentcot.tasks.base import Example, Task
+
+if TYPE_CHECKING:
+    from latentcot.methods.thinking import ThinkingMethod
+    from latentcot.models.backbone import Backbone
 
 GAUSS, TOKEN = "gauss", "token"
 
@@ -147,7 +152,7 @@ class Replay:
     means: torch.Tensor | None = None
 
 
-def _pieces(rec: RolloutRecord, embed_dim: int, device: torch.device) -> list[Piece]:
+def _pieces(rec: RolloutRecord, device: torch.device) -> list[Piece]:
     """The row's pieces: the prompt, then runs of fed token ids and fed vectors."""
     out: list[Piece] = [tokens(rec.prompt_ids)]
     run: list = []
@@ -161,26 +166,28 @@ def _pieces(rec: RolloutRecord, embed_dim: int, device: torch.device) -> list[Pi
     return out
 
 
-def replay(method, model, records: Sequence[RolloutRecord], mode: str, tau: float, sigma: float,
-           temperature: float, keep_means: bool = False) -> Replay:
-    """Scores recorded trajectories by ONE teacher-forced, right-padded forward of `model` (the policy, or a frozen
+def replay(backbone: Backbone, embed_scale: float, records: Sequence[RolloutRecord], mode: str, tau: float,
+           sigma: float, temperature: float, keep_means: bool = False) -> Replay:
+    """Scores recorded trajectories by ONE teacher-forced, right-padded `Backbone.forward` (the policy, or a frozen
     reference) over prompt + fed inputs; differentiable when called with gradients enabled.
 
+    Only the last layer's hidden states at the choice positions go through the LM head, so the recompute never
+    holds (B, T, V) logits.
+
     Args:
-        method: gives the backbone (embedding, pad id) and the embedding scale.
-        model: the causal LM to score under (HF module taking inputs_embeds).
+        backbone: the model to score under.
+        embed_scale: the embedding module's factor (see `models.soft.embedding_scale`).
         records: one per row.
         mode: hard | soft | fuzzy (GAUSS choices exist only in soft / fuzzy).
         tau, sigma: the soft/fuzzy temperature and noise scale of the rollout.
         temperature: the hard tokens' sampling temperature.
     """
-    bb = method.backbone
-    emb = model.get_input_embeddings()
+    bb = backbone
+    emb = bb.model.get_input_embeddings()
     dev = bb.device
-    rows = [_pieces(r, bb.hidden_size, dev) for r in records]
-    batch = splice(rows, emb, bb.tokenizer.pad_token_id or 0, padding_side="right")
-    out = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, output_hidden_states=True, logits_to_keep=1, return_dict=True)
+    rows = [_pieces(r, dev) for r in records]
+    batch = splice(rows, emb, bb.tokenizer.pad_token_id or 0, padding_side="right")  # (B, T, d), right padded
+    out = bb.forward(batch.inputs_embeds, batch.attention_mask, batch.position_ids, want_hidden=True, logits_to_keep=1)
     hidden = out.hidden_states[-1]  # (B, T, d) after the final norm
     g_rows, g_pos, g_fed, t_rows, t_pos, t_ids, order = [], [], [], [], [], [], []
     for b, r in enumerate(records):
@@ -196,15 +203,15 @@ def replay(method, model, records: Sequence[RolloutRecord], mode: str, tau: floa
                 t_rows.append(b)
                 t_pos.append(start + pos)
                 t_ids.append(tok)
-    head = model.get_output_embeddings()
+    head = bb.model.get_output_embeddings()
     terms = [torch.zeros(0, device=dev), torch.zeros(0, device=dev)]
     means = None
     if g_rows:
         logits = head(hidden[g_rows, g_pos])  # (Mg, V)
         fed = torch.stack(g_fed).to(dev)  # (Mg, d)
-        terms[0] = soft_step_log_density(logits, fed, emb.weight, tau, sigma, method.embed_scale)
+        terms[0] = soft_step_log_density(logits, fed, emb.weight, tau, sigma, embed_scale)
         if keep_means:
-            means = dense_mixture(token_probs(logits, tau), emb.weight, method.embed_scale).detach()
+            means = dense_mixture(token_probs(logits, tau), emb.weight, embed_scale).detach()
     if t_rows:
         logits = head(hidden[t_rows, t_pos])  # (Mt, V)
         terms[1] = token_log_probs(logits, torch.tensor(t_ids, device=dev), temperature)
