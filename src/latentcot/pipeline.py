@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ class RunConfig:
     progress: progress bars.
     trust_remote_code: allow a hub model's own code (off by default).
     eval_limit: during training, questions of the eval split scored at each eval (0 = none).
+    num_shards: evaluation split by question into this many shards (0 = one per launched process, 1 without a
+        launcher); each shard resumes on its own and the shards merge into one samples.jsonl / metrics.json.
+    shard: run only this shard (e.g. a SLURM array task); default: the launcher's rank, or every shard in turn.
     """
 
     method: str = "cot"
@@ -67,6 +71,8 @@ class RunConfig:
     progress: bool = True
     trust_remote_code: bool = False
     eval_limit: int = 0
+    num_shards: int = 0
+    shard: int | None = None
 
     def __post_init__(self) -> None:
         if self.seed is not None:
@@ -75,6 +81,8 @@ class RunConfig:
         check(self.offset >= 0, "offset", f"must be >= 0, got {self.offset}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        check(self.num_shards >= 0, "num_shards", f"must be >= 0 (0 = one per launched process), got {self.num_shards}")
+        check(self.shard is None or self.shard >= 0, "shard", f"must be >= 0, got {self.shard}")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", f"unknown device {self.device!r}")
 
 
@@ -126,7 +134,10 @@ def pick_device(name: str) -> str:
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        local = os.environ.get("LOCAL_RANK")  # one GPU per process under torchrun / accelerate launch
+        return f"cuda:{int(local) % torch.cuda.device_count()}" if local is not None else "cuda"
     return name
 
 
@@ -155,7 +166,8 @@ def select_examples(task: Task, split: str | None, offset: int, limit: int) -> l
 
 
 # Settings that do not change results: a resumed run may differ in these.
-_FREE = {"run.progress", "run.batch_size", "run.limit", "run.offset", "run.seeds", "run.seed", "run.out", "run.device", "run.eval_limit"}
+_FREE = {"run.progress", "run.batch_size", "run.limit", "run.offset", "run.seeds", "run.seed", "run.out", "run.device", "run.eval_limit",
+         "run.shard"}
 
 
 def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
@@ -165,6 +177,9 @@ def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> Non
         return
     old = _flatten(yaml.safe_load(path.read_text()) or {})
     new = _flatten(json.loads(json.dumps(res.to_dict())))
+    # A run field added after the directory was made counts as its default there.
+    defaults = {f"run.{k}": v for k, v in to_dict(RunConfig()).items()}
+    old = {**{k: v for k, v in defaults.items() if k in new and k not in old}, **old}
     diff = [k for k in sorted(set(old) | set(new)) if k not in _FREE and not k.startswith("train.") and old.get(k) != new.get(k)]
     if diff:
         k = diff[0]
@@ -186,20 +201,30 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def save_config(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / name).write_text(yaml.safe_dump(res.to_dict(), sort_keys=False))
+    data = res.to_dict()
+    data["run"]["shard"] = None  # every shard of a run writes the same config
+    (out_dir / name).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None = None) -> dict[str, Any]:
-    """`latentcot eval`: evaluates, resuming in the output directory."""
+def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None = None) -> dict[str, Any] | None:
+    """`latentcot eval`: evaluates, resuming in the output directory. Sharded: runs this process's shards and
+    returns the merged metrics, or None while other shards are unfinished."""
     from latentcot.eval.runner import evaluate
+    from latentcot.eval.shards import check_shard_layout, evaluate_sharded, resolve_shards
 
     out = res.out_dir
+    n, mine = resolve_shards(res.run.num_shards, res.run.shard)
+    res = dataclasses.replace(res, run=dataclasses.replace(res.run, num_shards=n))  # the count actually used
     check_resume(out, res)
+    check_shard_layout(out, n)
     if method is None or task is None:
         method, task = build(res)
     examples = select_examples(task, res.run.split, res.run.offset, res.run.limit)
     save_config(out, res)
-    return evaluate(method, task, examples, res.generation, res.run.seeds, out, res.run.batch_size, res.run.progress)
+    if n == 1:
+        return evaluate(method, task, examples, res.generation, res.run.seeds, out, res.run.batch_size, res.run.progress)
+    return evaluate_sharded(method, task, examples, res.generation, res.run.seeds, out, n, mine, res.run.batch_size,
+                            res.run.progress)
 
 
 def train_run(res: Resolved, method: Method | None = None, task: Task | None = None) -> dict[str, Any]:

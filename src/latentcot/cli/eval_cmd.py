@@ -1,6 +1,9 @@
 """Evaluate a method on a task. Writes config.yaml, samples.jsonl and metrics.json into --out;
 re-running the same command resumes and never repeats finished work.
 
+Sharded (by question, over processes or nodes): num_shards=N with shard=I per process, or one shard per process
+under `accelerate launch` / torchrun; the shards merge into one samples.jsonl identical to a single-process run's.
+
 Example: latentcot eval --method cot --model tiny-llama --task gsm8k --limit 4 max_new_tokens=32"""
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ def run(args: argparse.Namespace) -> int:
 
     res = resolve(collect(args), args.config)
     metrics = evaluate_run(res)
+    if metrics is None:  # a shard of a sharded run finished before the others
+        print(f"this shard is done; {res.out_dir}/samples.jsonl and metrics.json are merged when every shard is done "
+              "(the last shard to finish merges; re-running the command without shard= finishes and merges)")
+        return 0
     print(format_metrics(metrics))
     if isinstance(metrics.get("chains"), dict):  # methods that decode several chains per row (softcot_pp)
         print("per chain: " + format_metrics({**metrics["chains"], "method": metrics.get("method"), "task": metrics.get("task")}))

@@ -99,9 +99,17 @@ def evaluate(
     bar.close()
     wanted = {sample_key(ex.id, seed, s) for seed in seeds for ex in examples for s in range(gen.num_samples)}
     records = [r for r in read_samples(path) if sample_key(r["id"], r["seed"], r["sample"]) in wanted]
+    metrics = metrics_of(method, task, records, gen, ks)
+    (out_dir / METRICS).write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def metrics_of(
+    method: Method, task: Task, records: Sequence[dict[str, Any]], gen: GenerationConfig, ks: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The metrics of a run's records (also used to merge the shards of a sharded run)."""
     ks = ks or sorted({1, gen.num_samples} | ({k for k in (4, 8, 16, 32) if k <= gen.num_samples}))
     metrics = compute_metrics(records, task.is_equivalent, ks)
     metrics.update(method.extra_metrics(records, task))
     metrics.update({"method": method.name, "task": task.name})
-    (out_dir / METRICS).write_text(json.dumps(metrics, indent=1))
     return metrics

@@ -10,6 +10,8 @@ has one seam to plug into.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -102,17 +104,24 @@ class Backbone(nn.Module):
         Returns:
             the HF output: logits (B, T or n, V), past_key_values, hidden_states when asked.
         """
+        cache = {} if past_key_values is None else {self._cache_kwarg: past_key_values}
         return self.model(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=want_hidden,
             logits_to_keep=logits_to_keep,
             return_dict=True,
+            **cache,
         )
+
+    @functools.cached_property
+    def _cache_kwarg(self) -> str:
+        """The name the model's forward takes the KV cache under (`cache` in newer transformers)."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
     # --- embeddings --------------------------------------------------------------------------------------------
     @property
