@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])  # as given (`train --launch` re-runs it)
     # key=value settings may sit before, between or after the options (argparse stops a positional list at the
     # first option); anything else left over is an error, as with parse_args
     late = [a for a in extra if "=" in a and not a.startswith("-")]

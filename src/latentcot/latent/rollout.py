@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from latentcot.decoding.engine import DecodeState, Engine
+from latentcot.errors import ConfigError
 from latentcot.models.backbone import Backbone
 from latentcot.models.splice import Piece, Spliced, splice
 
@@ -19,6 +20,13 @@ from latentcot.models.splice import Piece, Spliced, splice
 def forward(bb: Backbone, embeds, mask, positions, cache=None, hidden=False, keep=0):
     """One cached model call with explicit mask and positions (training and tests)."""
     return bb.forward(embeds, mask, positions, cache, use_cache=True, want_hidden=hidden, logits_to_keep=keep)
+
+
+def _checkpointing(model) -> bool:
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # newer transformers renamed it
+        if hasattr(type(model), name) or hasattr(model, name):
+            return bool(getattr(model, name))
+    return False
 
 
 @dataclass
@@ -53,6 +61,9 @@ def rollout(
         suffix_rows: e.g. [<eot>, labelled target] per row.
         suffix_hidden: return every layer's hidden states of the suffix pass.
     """
+    if torch.is_grad_enabled() and bb.model.training and _checkpointing(bb.model):
+        raise ConfigError("gradient_checkpointing: this method's training rollout feeds continuous thoughts through "
+                          "the KV cache, which activation checkpointing turns off: set gradient_checkpointing=false")
     pad = bb.tokenizer.pad_token_id or 0
     pre = splice(prefix_rows, bb.embed, pad, "right")
     mask = pre.attention_mask  # (B, P)

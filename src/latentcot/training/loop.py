@@ -4,6 +4,12 @@ checkpoint/resume, JSONL metrics, a progress bar.
 Only the method's trainable parameters enter the optimizer; frozen models keep no gradients and no optimizer
 state. The data order is a seeded permutation per epoch and the checkpoint records the position in it, so a
 killed and resumed run ends with bit-identical weights to an uninterrupted one (on CPU).
+
+Under `accelerate launch` (or torchrun) with P processes the loop calls the method through its DDP / FSDP /
+DeepSpeed wrapper (`training/distributed.py`): each optimizer step takes global = per-device micro-batch x
+grad_accum x P examples, process r the r-th slice of each micro-batch of the single-process order, and the
+token-weighted mean is taken over all of them, so P processes give the weights one process gets at the same
+global batch. Only the main process writes checkpoints, logs and weights; a resume uses the same launch.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from latentcot.config import check
+from latentcot.errors import ConfigError
 from latentcot.methods.base import Method
 from latentcot.tasks.base import Example, Task
 from latentcot.training.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from latentcot.training.distributed import MIXED_PRECISION, Runtime, launched_world_size, split_global_batch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,11 @@ class TrainConfig:
     save_every: checkpoint every N optimizer steps (0 = only at the end).
     log_every: write a metrics line every N optimizer steps.
     train_limit: use only the first N training examples (0 = all).
+    global_batch_size: examples per optimizer step over all processes (0 = train_batch_size x grad_accum x
+        processes); when set, the per-device micro-batch is derived from it and must come out whole.
+    mixed_precision: "no", "bf16" or "fp16" (autocast through accelerate; fp16 with loss scaling).
+    gradient_checkpointing: recompute activations in the backward pass (less memory, about 1/3 more compute).
+    find_unused_parameters: DDP's option, for methods whose steps leave some trainable weights unused.
     """
 
     lr: float = 2e-5
@@ -62,6 +75,10 @@ class TrainConfig:
     save_every: int = 100
     log_every: int = 10
     train_limit: int = 0
+    global_batch_size: int = 0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
@@ -71,6 +88,9 @@ class TrainConfig:
         check(self.schedule in ("constant", "linear", "cosine"), "schedule", f"must be constant, linear or cosine, got {self.schedule!r}")
         check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
         check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(self.global_batch_size >= 0, "global_batch_size", f"must be >= 0 (0 = derived), got {self.global_batch_size}")
+        check(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
+              f"must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -130,29 +150,43 @@ def train(
         summary: steps, final loss, seconds, peak memory.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not examples:
         raise ValueError("no training examples")
     n = len(examples)
-    per_epoch = max(1, n // (cfg.train_batch_size * cfg.grad_accum))
+    micro, global_batch = split_global_batch(cfg.global_batch_size, cfg.train_batch_size, cfg.grad_accum,
+                                             launched_world_size())
+    rt = Runtime(cfg.mixed_precision, cfg.find_unused_parameters, cfg.grad_accum)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_epoch = max(1, n // global_batch)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, int(round(cfg.epochs * per_epoch)))
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(method)
     opt = make_optimizer(method, cfg)
     ckpt = out_dir / "checkpoint"
     step, epoch, pos = 0, 0, 0
     before = {"seconds": 0.0, "peak_rss_mib": 0.0}  # what earlier processes of this run spent (resume)
     if (ckpt / "state.json").is_file():
         weights, st = load_checkpoint(ckpt, opt)
+        if st.get("global_batch", global_batch) != global_batch:
+            raise ConfigError(f"global_batch_size: {ckpt} was made with {st['global_batch']} examples per step, now "
+                              f"{global_batch}: resume with the same global batch (per-device x grad_accum x processes)")
         method.load_trainable_state_dict(weights, str(ckpt))
         step, epoch, pos = st["step"], st["epoch"], st["pos"]
         before = {k: float(st.get(k, 0.0)) for k in before}
         log.info("resumed from %s at step %d", ckpt, step)
         if step >= total:
             log.info("training already complete (%d steps)", step)
+    if rt.is_main and (rt.world > 1 or global_batch != cfg.train_batch_size * cfg.grad_accum):
+        log.info("global batch %d = %d per device x %d accumulation x %d processes (%s)", global_batch, micro,
+                 cfg.grad_accum, rt.world, rt.kind)
+    model = rt.wrap(method)  # what is called: the method, or its DDP / FSDP wrapper
+    opt = rt.optimizer(opt)
     log_path = out_dir / "train_log.jsonl"
     method.train()
     order = epoch_order(n, epoch, seed)
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc=f"train {method.name}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=f"train {method.name}",
+               disable=not progress or not rt.is_main, dynamic_ncols=True)
     last: dict[str, Any] = {}
 
     def spent() -> dict[str, float]:
@@ -161,12 +195,15 @@ def train(
                 "peak_rss_mib": round(max(before["peak_rss_mib"], peak_rss_mib()), 1)}
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt, method.trainable_state_dict(), opt,
-                        {"step": step, "epoch": epoch, "pos": pos, "total": total, **spent()})
+        if rt.is_main:
+            save_checkpoint(ckpt, method.trainable_state_dict(), opt,
+                            {"step": step, "epoch": epoch, "pos": pos, "total": total, "global_batch": global_batch,
+                             **spent()})
+        rt.wait()
 
     while step < total:
         if method.begin_step(step, total):
-            opt = make_optimizer(method, cfg)
+            opt = rt.optimizer(make_optimizer(method, cfg))
             log.info("optimizer reset at step %d", step)
         factor = lr_factor(step, total, cfg.warmup_steps, cfg.schedule)
         for g in opt.param_groups:
@@ -174,22 +211,30 @@ def train(
         opt.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         total_weight = 0.0
-        for _ in range(cfg.grad_accum):
-            if pos + cfg.train_batch_size > n:
+        for j in range(cfg.grad_accum):
+            span = micro * rt.world  # one micro-batch of every process
+            if pos + span > n:
                 epoch, pos = epoch + 1, 0
                 order = epoch_order(n, epoch, seed)
-            batch = [examples[i] for i in order[pos : pos + cfg.train_batch_size]]
-            pos += cfg.train_batch_size
-            out = method(batch, task)  # Method.forward
-            (out.loss * out.weight).backward()
+            mine = pos + rt.rank * micro
+            batch = [examples[i] for i in order[mine : mine + micro]]
+            pos += span
+            with rt.no_sync(model, skip=j < cfg.grad_accum - 1):
+                out = model(batch, task)  # Method.forward (through DDP / FSDP when launched)
+                rt.backward(out.loss * out.weight)
             total_weight += out.weight
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0.0) + v * out.weight
-        logs = {k: v / total_weight for k, v in logs.items()}
+        keys = sorted(logs)
+        sums = rt.sum([total_weight] + [logs[k] for k in keys])  # over processes
+        total_weight, logs = sums[0], {k: v / sums[0] for k, v in zip(keys, sums[1:])}
         params = [p for _, p in method.trainable_parameters()]
-        for p in params:  # sum of weighted micro-batch means / total weight = the mean over the whole step
+        rt.unscale(opt)
+        # The all-reduce averaged the processes' sums over their micro-batches of weighted means; x P / total
+        # weight = the token-weighted mean over the whole global batch (on one process: sum / total weight).
+        for p in params:
             if p.grad is not None:
-                p.grad.div_(total_weight)
+                p.grad.div_(total_weight / rt.world)
         if cfg.max_grad_norm > 0:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         opt.step()
@@ -198,30 +243,48 @@ def train(
         bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
         last = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], **logs}
         if cfg.log_every and (step % cfg.log_every == 0 or step == total):
-            _append(log_path, {**last, **spent()})
+            if rt.is_main:
+                _append(log_path, {**last, **spent()})
         if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-            _append(log_path, {"step": step, "eval": evaluate(step)})
-            method.train()
+            if rt.is_main:
+                _append(log_path, {"step": step, "eval": evaluate(step)})
+                method.train()
+            rt.wait()
         if (cfg.save_every and step % cfg.save_every == 0) or step == total or (stop_after is not None and step >= stop_after):
             checkpoint()
         if stop_after is not None and step >= stop_after and step < total:
             bar.close()
             return {"steps": step, "stopped_early": True, **last}
     bar.close()
-    save_weights(method.trainable_state_dict(), out_dir / "trainable.safetensors")
+    if rt.is_main:
+        save_weights(method.trainable_state_dict(), out_dir / "trainable.safetensors")
     summary = {
         "steps": step,
         "total_steps": total,
+        "global_batch": global_batch,
+        "processes": rt.world,
         **spent(),
         "trainable_parameters": sum(p.numel() for _, p in method.trainable_parameters()),
         **{k: v for k, v in last.items() if k not in ("step",)},
     }
-    if evaluate is not None:
+    if evaluate is not None and rt.is_main:
         summary["eval"] = evaluate(step)
         _append(log_path, {"step": step, "eval": summary["eval"]})
     method.eval()
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    if rt.is_main:
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    rt.wait()
     return summary
+
+
+def enable_gradient_checkpointing(method: Method) -> None:
+    """Activation checkpointing on every HF model the method trains through (non-reentrant, so frozen inputs and
+    LoRA work)."""
+    from transformers import PreTrainedModel
+
+    for m in method.modules():
+        if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
