@@ -45,6 +45,7 @@ def test_sharded_in_one_process_equals_single(single, tmp_path):
     assert _metrics(out) == _metrics(single)
 
 
+@pytest.mark.slow  # ~30 s of process start-up; the in-process test above checks the same merge in the default suite
 def test_two_processes_equal_single(single, tmp_path):
     """Two real processes, one shard each (as a SLURM array or two nodes would run them), started together."""
     out = tmp_path / "two"
