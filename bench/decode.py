@@ -5,6 +5,7 @@ EOS ignored so every row takes exactly `--steps` steps, from the same left-padde
 
     .venv/bin/python bench/decode.py                       # tiny-llama, batch 1/8/32
     .venv/bin/python bench/decode.py --model smollm2-135m-instruct --batch-sizes 1,8 --steps 32
+    python bench/decode.py --device cuda --dtype bfloat16 --shape 1024,16,16   # a random ~250M Llama built here
 """
 
 from __future__ import annotations
@@ -37,23 +38,48 @@ def time_engine(bb: Backbone, texts: list[str], steps: int) -> float:
     eng = Engine(bb)
     rows = [[tokens(bb.encode(t))] for t in texts]
     cfg = GenerationConfig(max_new_tokens=steps, ignore_eos=True)
+    _sync()
     t0 = time.perf_counter()
     out = eng.generate(eng.prefill(splice(rows, bb.embed, bb.tokenizer.pad_token_id)), cfg)
+    _sync()
     dt = time.perf_counter() - t0
     assert all(len(o.token_ids) == steps for o in out)
     return dt
 
 
 def time_hf(bb: Backbone, texts: list[str], steps: int) -> float:
-    enc = bb.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = bb.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(bb.device)
+    _sync()
     t0 = time.perf_counter()
     with torch.no_grad():
         out = bb.model.generate(
             **enc, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=bb.tokenizer.pad_token_id
         )
+    _sync()
     dt = time.perf_counter() - t0
     assert out.shape[1] - enc["input_ids"].shape[1] == steps
     return dt
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def load(args: argparse.Namespace) -> Backbone:
+    """The model: an alias, or with --shape d,layers,heads a random Llama with tiny-llama's tokenizer (no files)."""
+    if args.shape:
+        from latentcot.models.tiny import build_tiny, tiny_model
+
+        d, layers, heads = (int(x) for x in args.shape.split(","))
+        _, tok = tiny_model("tiny-llama")
+        model = build_tiny("llama", len(tok), d=d, layers=layers, heads=heads)
+        name = f"random llama d={d} layers={layers} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params)"
+    else:
+        model, tok = load_model(args.model)
+        name = args.model
+    model = model.to(device=args.device, dtype=getattr(torch, args.dtype))
+    return Backbone(model, tok, name)
 
 
 def main() -> None:
@@ -62,10 +88,12 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--shape", help="d,layers,heads: a random Llama of that shape instead of --model")
     args = ap.parse_args()
-    model, tok = load_model(args.model)
-    bb = Backbone(model, tok, args.model)
-    print(f"model {args.model}, {args.steps} decode steps, greedy, median of {args.repeats} runs (prefill included on both sides)")
+    bb = load(args)
+    print(f"model {bb.name} on {torch.cuda.get_device_name() if bb.device.type == 'cuda' else 'cpu'} in {args.dtype}, {args.steps} decode steps, greedy, median of {args.repeats} runs (prefill included on both sides)")
     print(f"{'batch':>5} {'engine ms/step':>15} {'HF ms/step':>11} {'ratio':>6}")
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         texts = prompts(bb, bs)

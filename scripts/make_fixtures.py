@@ -6,7 +6,7 @@ Runs zero-shot `cot` with greedy decoding through the library (pipeline.resolve 
 tests/test_real_outputs.py, so after regenerating, re-read every output and update that table.
 
 Usage (slow on CPU: SmolLM2-135M ~23 tok/s, Qwen2.5-Coder-0.5B ~8 tok/s):
-    LATENTCOT_DATA=/work/shared/data python scripts/make_fixtures.py [--models smollm2-135m-instruct ...]
+    LATENTCOT_DATA=../shared/data python scripts/make_fixtures.py [--models smollm2-135m-instruct ...]
 """
 
 from __future__ import annotations

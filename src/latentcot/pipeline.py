@@ -53,6 +53,7 @@ class RunConfig:
     num_shards: evaluation split by question into this many shards (0 = one per launched process, 1 without a
         launcher); each shard resumes on its own and the shards merge into one samples.jsonl / metrics.json.
     shard: run only this shard (e.g. a SLURM array task); default: the launcher's rank, or every shard in turn.
+    backend: "engine" (built in) or "vllm" (plain-prompt methods only; `pip install 'latentcot[vllm]'`).
     """
 
     method: str = "cot"
@@ -73,6 +74,7 @@ class RunConfig:
     eval_limit: int = 0
     num_shards: int = 0
     shard: int | None = None
+    backend: str = "engine"
 
     def __post_init__(self) -> None:
         if self.seed is not None:
@@ -83,6 +85,7 @@ class RunConfig:
         check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
         check(self.num_shards >= 0, "num_shards", f"must be >= 0 (0 = one per launched process), got {self.num_shards}")
         check(self.shard is None or self.shard >= 0, "shard", f"must be >= 0, got {self.shard}")
+        check(self.backend in ("engine", "vllm"), "backend", f"must be engine or vllm, got {self.backend!r}")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", f"unknown device {self.device!r}")
 
 
@@ -147,6 +150,11 @@ def load_backbone(name: str, run: RunConfig) -> Backbone:
 
 
 def build(res: Resolved) -> tuple[Method, Task]:
+    if res.run.backend == "vllm":  # checked before any model loads
+        from latentcot.decoding.vllm_backend import check_servable, require_vllm
+
+        check_servable(method_class(res.run.method))
+        require_vllm()
     task = get_task(res.run.task, **to_dict(res.task))
     backbone = load_backbone(res.run.model, res.run)
     method = build_method(res.run.method, to_dict(res.method), backbone)
@@ -154,6 +162,11 @@ def build(res: Resolved) -> tuple[Method, Task]:
         from latentcot.training.checkpoint import load_weights
 
         method.load_trainable_state_dict(load_weights(res.run.weights), res.run.weights)
+    if res.run.backend == "vllm":
+        from latentcot.decoding.vllm_backend import VLLMBackend
+
+        trained = bool(res.run.weights) and any(n.startswith("backbone.") for n, _ in method.trainable_parameters())
+        method.generator = VLLMBackend(method.backbone, modified=trained)
     return method, task
 
 

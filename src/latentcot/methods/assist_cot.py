@@ -51,6 +51,8 @@ class AssistCoTConfig(MethodConfig):
 class AssistCoT(Method):
     """Assistant hints (hard tokens) in the backbone's prompt, then ordinary generation."""
 
+    plain_prompts = True  # generation = plain (spliced) prompts through self.generator
+
     Config = AssistCoTConfig
 
     def __init__(self, cfg: AssistCoTConfig, backbone: Backbone, assistant: Backbone | None = None) -> None:

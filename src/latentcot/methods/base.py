@@ -74,6 +74,9 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     trains: ClassVar[bool] = False
     name: ClassVar[str] = ""
+    # True where this class's `generate` hands every decode to `self.generator` as plain prompts, so another
+    # backend (vLLM) can serve it. A subclass that overrides `generate` must say so again.
+    plain_prompts: ClassVar[bool] = True
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone) -> None:
         super().__init__()

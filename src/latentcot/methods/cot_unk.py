@@ -46,6 +46,8 @@ class CoTUnkConfig(MethodConfig):
 class CoTUnk(Method):
     """Question + N pad-like (or trained) slots, then ordinary generation."""
 
+    plain_prompts = True  # generation = plain (spliced) prompts through self.generator
+
     Config = CoTUnkConfig
     trains = True  # with train_prompt=true; the instance says whether it trains
 

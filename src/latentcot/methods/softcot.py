@@ -129,6 +129,8 @@ class SoftCoT(Method):
         assistant: an already loaded assistant (tests, scripts); default: load `cfg.assistant`.
     """
 
+    plain_prompts = True  # generation = plain (spliced) prompts through self.generator
+
     Config = SoftCoTConfig
     trains = True
 

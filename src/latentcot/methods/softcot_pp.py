@@ -92,6 +92,8 @@ def chain_random(rand: RowRandom | None, k: int) -> RowRandom | None:
 class SoftCoTPP(SoftCoT):
     """SoftCoT with K soft-thought sets per question, a contrastive term, and majority vote over K chains."""
 
+    plain_prompts = True  # generation = plain (spliced) prompts through self.generator
+
     Config = SoftCoTPPConfig
     trains = True
 

@@ -176,7 +176,7 @@ def train(
         log.info("resumed from %s at step %d", ckpt, step)
         if step >= total:
             log.info("training already complete (%d steps)", step)
-    if rt.is_main and (rt.world > 1 or global_batch != cfg.train_batch_size * cfg.grad_accum):
+    if rt.is_main:
         log.info("global batch %d = %d per device x %d accumulation x %d processes (%s)", global_batch, micro,
                  cfg.grad_accum, rt.world, rt.kind)
     model = rt.wrap(method)  # what is called: the method, or its DDP / FSDP wrapper
