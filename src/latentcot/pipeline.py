@@ -6,7 +6,6 @@ The CLI, the demo and user scripts all go through here, so `latentcot eval ...` 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from latentcot.config import check, from_dict, load_yaml, split_sections, to_dict
+from latentcot.config import check, field_types, from_dict, load_yaml, split_sections, to_dict
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.errors import ConfigError, DataError
 from latentcot.methods import build_method, method_class
@@ -96,9 +95,10 @@ class Resolved:
     method: Any
     task: Any
     train: TrainConfig
+    recipe: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # a recipe's notes, never saved
 
     def to_dict(self) -> dict[str, Any]:
-        return {s.name: to_dict(getattr(self, s.name)) for s in dataclasses.fields(self)}
+        return {name: to_dict(getattr(self, name)) for name in _SECTIONS}
 
     @property
     def out_dir(self) -> Path:
@@ -108,20 +108,55 @@ class Resolved:
         return Path("runs") / f"{self.run.method}-{model}-{self.run.task}"
 
 
-def resolve(values: dict[str, Any], config_file: str | None = None) -> Resolved:
-    """Builds every config section from a YAML file (optional) and `values` (flat or dotted keys win over it)."""
-    merged: dict[str, Any] = {}
+# `--smoke`: a recipe's run with tiny models and a few steps, so that every recipe can be run on a CPU in a test.
+# Layered over the file, under the method's own smoke settings, the recipe's `smoke:` section and the command line.
+SMOKE: dict[str, Any] = {
+    "model": "tiny-llama", "dtype": "float32", "device": "cpu", "limit": 2, "batch_size": 2, "seeds": [0],
+    "eval_limit": 0, "max_steps": 2, "train_batch_size": 2, "grad_accum": 1, "train_limit": 8, "save_every": 0,
+    "eval_every": 0, "log_every": 1, "warmup_steps": 0, "max_new_tokens": 8, "num_samples": 1, "source": "local",
+    "trust_remote_code": False,
+}
+_SECTIONS = ("run", "generation", "method", "task", "train")
+
+
+def resolve(values: dict[str, Any], config_file: str | None = None, smoke: bool = False) -> Resolved:
+    """Builds every config section from a YAML file (optional) and `values` (flat or dotted keys win over it).
+
+    A recipe file (recipes/*.yaml) may also hold `recipe:` (what the paper reports, hardware, time estimates: read
+    by people and tests, not by the run) and `smoke:` (settings applied only with `smoke=True`, over `SMOKE`).
+    """
+    layers: list[dict[str, Any]] = []
+    meta: dict[str, Any] | None = None
+    smoke_section: dict[str, Any] = {}
+    out_default: str | None = None
     if config_file:
         data = load_yaml(config_file)
+        meta = data.pop("recipe", None)
+        smoke_section = data.pop("smoke", None) or {}
+        for name, part in (("recipe", meta), ("smoke", smoke_section)):
+            if part is not None and not isinstance(part, dict):
+                raise ConfigError(f"config file {config_file}: {name}: must be a mapping of keys to values")
+        flat: dict[str, Any] = {}
         for key, value in data.items():
-            if isinstance(value, dict) and key in ("run", "generation", "method", "task", "train"):
+            if isinstance(value, dict) and key in _SECTIONS:
                 for k, v in value.items():
-                    merged[f"{key}.{k}"] = v
+                    flat[f"{key}.{k}"] = v
             else:
-                merged[key] = value
-    merged.update({k: v for k, v in values.items() if v is not None})
-    method_name = str(merged.get("method", merged.get("run.method", RunConfig.method)))
-    task_name = str(merged.get("task", merged.get("run.task", RunConfig.task)))
+                flat[key] = value
+        layers.append(flat)
+        out_default = flat.get("out", flat.get("run.out"))
+    given = {k: v for k, v in values.items() if v is not None}
+    if smoke:
+        model = _pick([SMOKE, smoke_section, given], "model", SMOKE["model"])
+        name = _pick(layers + [given], "method", RunConfig.method)
+        stem = Path(config_file).stem if config_file else name
+        generic = {**SMOKE, "out": f"{out_default or Path('runs') / stem}-smoke"}
+        layers.append(generic)
+        layers.append(method_class(name).smoke_settings(model))
+        layers.append(dict(smoke_section))
+    layers.append(given)
+    method_name = _pick(layers, "method", RunConfig.method)
+    task_name = _pick(layers, "task", RunConfig.task)
     sections = {
         "run": RunConfig,
         "generation": GenerationConfig,
@@ -129,8 +164,40 @@ def resolve(values: dict[str, Any], config_file: str | None = None) -> Resolved:
         "task": task_class(task_name).Config,
         "train": TrainConfig,
     }
-    routed = split_sections(merged, sections)
-    return Resolved(**{name: from_dict(cls, routed[name], name) for name, cls in sections.items()})
+    if smoke:  # a generic smoke default that this method or task has no field for is left out
+        known = {f for cls in sections.values() for f in field_types(cls)}
+        for key in [k for k in generic if k not in known]:
+            del generic[key]
+    routed: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    for layer in layers:  # later layers win field by field, whether a key is written flat or dotted
+        for sec, part in split_sections(layer, sections).items():
+            routed[sec].update(part)
+    res = Resolved(**{name: from_dict(cls, routed[name], name) for name, cls in sections.items()})
+    res.recipe = meta
+    return res
+
+
+def _pick(layers: list[dict[str, Any]], key: str, default: str) -> str:
+    """The last layer's value of run field `key`, written flat or dotted."""
+    found = default
+    for layer in layers:
+        for k in (key, f"run.{key}"):
+            if layer.get(k) is not None:
+                found = layer[k]
+    return str(found)
+
+
+def use_trained_weights(res: Resolved) -> None:
+    """`latentcot eval --config RECIPE` evaluates what `latentcot train --config RECIPE` trained: a recipe's run of a
+    training method takes its weights from its own output directory unless `weights=` says otherwise."""
+    if getattr(res, "recipe", None) is None or res.run.weights or not method_class(res.run.method).trains:
+        return
+    if (res.out_dir / "trainable.safetensors").is_file():
+        res.run.weights = str(res.out_dir)
+        log.info("evaluating the weights trained in %s", res.out_dir)
+    else:
+        log.warning("%s holds no trained weights yet: evaluating the untrained %s (run `latentcot train` with the "
+                    "same recipe first)", res.out_dir, res.run.method)
 
 
 def pick_device(name: str) -> str:

@@ -15,6 +15,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of settings (key=value arguments win over it)")
     p.add_argument("--data-dir", help="benchmark data directory (default $LATENTCOT_DATA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny models and a few steps (a recipe's smoke: section on top): checks that a recipe runs")
     p.add_argument("settings", nargs="*", metavar="key=value", help="any config field, e.g. temperature=0.7 num_thoughts=6")
 
 

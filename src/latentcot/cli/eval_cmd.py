@@ -19,9 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentcot.pipeline import evaluate_run, resolve
+    from latentcot.pipeline import evaluate_run, resolve, use_trained_weights
 
-    res = resolve(collect(args), args.config)
+    res = resolve(collect(args), args.config, smoke=args.smoke)
+    use_trained_weights(res)
     metrics = evaluate_run(res)
     if metrics is None:  # a shard of a sharded run finished before the others
         print(f"this shard is done; {res.out_dir}/samples.jsonl and metrics.json are merged when every shard is done "

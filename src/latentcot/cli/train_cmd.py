@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from latentcot.pipeline import resolve, train_run
 
-    res = resolve(collect(args), args.config)
+    res = resolve(collect(args), args.config, smoke=args.smoke)
     if args.launch:
         from latentcot.training.launch import launch, strip_launch
 

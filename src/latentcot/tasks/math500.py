@@ -71,14 +71,17 @@ _LAST_WORD = re.compile(r"([A-Za-z]+)[^A-Za-z]*$")
 
 @TASKS.register("prosqa")
 class ProsQA(FileTask):
-    """ProsQA (Coconut): 2-way questions answered by a chain of "Every X is a Y" facts; valid 300 / test 500."""
+    """ProsQA (Coconut): 2-way questions answered by a chain of "Every X is a Y" facts; train 17,886 / valid 300 /
+    test 500. The train file is not in the shared data: copy the official data/prosqa_train.json to
+    prosqa/train.json to train on it (recipes/coconut_gpt2_prosqa.yaml)."""
 
     name = "prosqa"
     folder = "prosqa"
-    origin = "facebookresearch/coconut: data/"
-    splits = ("valid", "test")
-    files = {"valid": "valid.json", "test": "test.json"}
-    counts = {"valid": 300, "test": 500}
+    origin = "facebookresearch/coconut: data/prosqa_{train,valid,test}.json, saved as {train,valid,test}.json"
+    splits = ("train", "valid", "test")
+    train_split = "train"
+    files = {"train": "train.json", "valid": "valid.json", "test": "test.json"}
+    counts = {"train": 17886, "valid": 300, "test": 500}
     instruction = (
         "Answer the question by reasoning step by step over the facts. End your response with "
         "'The answer is X', where X is the concept the entity is."
