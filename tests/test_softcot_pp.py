@@ -176,3 +176,12 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, setting, field):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and field in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_mcnemar_exact_against_hand_values():
+    from latentcot.eval.metrics import mcnemar_exact
+
+    # n = 19, k = 8: 2 * sum_{i<=8} C(19, i) / 2^19 (the README's SoftCoT vs CoT: 8 against 11, p = 0.65)
+    assert mcnemar_exact(8, 11) == pytest.approx(2 * sum(math.comb(19, i) for i in range(9)) / 2**19)
+    assert round(mcnemar_exact(8, 11), 2) == 0.65
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32) and mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0

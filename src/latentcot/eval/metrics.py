@@ -19,6 +19,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: of the questions that exactly one of two systems gets right, `only_a` are
+    right only with A and `only_b` only with B; under no difference each is Binomial(only_a + only_b, 1/2)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool] | None = None) -> str | None:
     """The most frequent answer; ties go to the answer seen first; a missing answer (None) never wins over one.
 
