@@ -6,6 +6,7 @@ The CLI, the demo and user scripts all go through here, so `latentcot eval ...` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
