@@ -95,3 +95,66 @@ def test_shipped_accelerate_configs_are_valid():
 
     kinds = {p.stem: read_accelerate_config(str(p))["distributed_type"] for p in (ROOT / "configs/accelerate").glob("*.yaml")}
     assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+
+
+def _train_in_process(tmp_path, name, method="cot_sft", **settings):
+    from latentcot.tasks import get_task
+    from latentcot.training.loop import TrainConfig, train
+
+    m = build_method(method, {"max_stage": 1, "thoughts_per_step": 1, "short_rationale": "remove_all"}
+                     if method == "coconut" else {}, Backbone(*load_model("tiny-llama"), "tiny-llama"))
+    task = get_task("pointer_chase")
+    cfg = TrainConfig(lr=1e-3, max_steps=2, train_batch_size=2, max_grad_norm=0, **settings)
+    train(m, task, task.load("train")[:8], cfg, tmp_path / name, progress=False)
+    return m
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    a = _train_in_process(tmp_path, "plain")
+    b = _train_in_process(tmp_path, "ckpt", gradient_checkpointing=True)
+    from latentcot.latent.rollout import checkpointing_on
+
+    assert checkpointing_on(b.backbone.model) and not checkpointing_on(a.backbone.model)
+    for (n, p), (_, q) in zip(a.trainable_parameters(), b.trainable_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_gradient_checkpointing_is_refused_for_cached_rollouts(tmp_path):
+    from latentcot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        _train_in_process(tmp_path, "coconut", method="coconut", gradient_checkpointing=True)
+
+
+def test_bf16_mixed_precision_trains_on_one_process(tmp_path):
+    """bf16 autocast through accelerate: the step runs, the loss is close to fp32's, the weights stay fp32."""
+    import json as _json
+
+    a = _train_in_process(tmp_path, "fp32")
+    b = _train_in_process(tmp_path, "bf16", mixed_precision="bf16")
+    la = _json.loads((tmp_path / "fp32" / "train_summary.json").read_text())["loss"]
+    lb = _json.loads((tmp_path / "bf16" / "train_summary.json").read_text())["loss"]
+    assert abs(la - lb) < 0.05 * la and la != lb  # autocast really ran in bf16, and stayed close
+    assert all(p.dtype == torch.float32 for _, p in b.trainable_parameters())
+    assert a.trainable_parameters()
+
+
+@pytest.mark.slow  # two more launches (~1 min each on 2 cores)
+def test_softcot_under_ddp_syncs_only_the_projection_and_resumes(tmp_path):
+    """SoftCoT (frozen assistant and backbone, trainable projection) under 2-process DDP: the same weights as one
+    process; only the projection is saved; a second launch of the same command with more steps resumes from the
+    checkpoint and ends where an uninterrupted 4-step single-process run ends."""
+    soft = ["--method", "softcot", "assistant=tiny-gpt2", "num_thoughts=2", "num_thoughts_train=3", "global_batch_size=4"]
+    argv = [a for a in TRAIN if a not in ("--method", "cot_sft", "--model", "tiny-gpt2")] + ["--model", "tiny-llama"]
+    assert main(argv + soft + ["--out", str(tmp_path / "one"), "max_steps=4"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    launch = ["--launch", str(ROOT / "configs/accelerate/ddp.yaml"), "--num-processes", "2"]
+    for steps in (2, 4):  # the second launch resumes at step 2
+        res = subprocess.run([sys.executable, "-m", "latentcot", *argv, *soft, "--out", str(tmp_path / "two"),
+                              f"max_steps={steps}", *launch], env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stderr and "at step 2" in res.stderr
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert one.keys() == two.keys() and all(k.startswith("projection.") for k in one)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=0, msg=k)

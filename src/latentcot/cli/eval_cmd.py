@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate_run(res)
     if metrics is None:  # a shard of a sharded run finished before the others
         print(f"this shard is done; {res.out_dir}/samples.jsonl and metrics.json are merged when every shard is done "
-              "(the last shard to finish merges; re-running the command without shard= finishes and merges)")
+              "(the last shard to finish merges; re-running with the same num_shards and no shard= finishes them all)")
         return 0
     print(format_metrics(metrics))
     if isinstance(metrics.get("chains"), dict):  # methods that decode several chains per row (softcot_pp)

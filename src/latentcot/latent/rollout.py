@@ -22,7 +22,7 @@ def forward(bb: Backbone, embeds, mask, positions, cache=None, hidden=False, kee
     return bb.forward(embeds, mask, positions, cache, use_cache=True, want_hidden=hidden, logits_to_keep=keep)
 
 
-def _checkpointing(model) -> bool:
+def checkpointing_on(model) -> bool:
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # newer transformers renamed it
         if hasattr(type(model), name) or hasattr(model, name):
             return bool(getattr(model, name))
@@ -61,7 +61,7 @@ def rollout(
         suffix_rows: e.g. [<eot>, labelled target] per row.
         suffix_hidden: return every layer's hidden states of the suffix pass.
     """
-    if torch.is_grad_enabled() and bb.model.training and _checkpointing(bb.model):
+    if torch.is_grad_enabled() and bb.model.training and checkpointing_on(bb.model):
         raise ConfigError("gradient_checkpointing: this method's training rollout feeds continuous thoughts through "
                           "the KV cache, which activation checkpointing turns off: set gradient_checkpointing=false")
     pad = bb.tokenizer.pad_token_id or 0

@@ -284,7 +284,10 @@ def enable_gradient_checkpointing(method: Method) -> None:
 
     for m in method.modules():
         if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing:
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(m, "activation_checkpointing_enable"):  # the newer transformers name
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
