@@ -82,7 +82,7 @@ def main() -> None:
                 out = a.out / tag / f"{mode}-{dec}"
                 res = resolve({**values, **settings, "num_samples": n, "method.token_mode": mode, "weights": weights,
                                "out": str(out), "limit": a.limit, "split": a.split, "batch_size": a.batch_size,
-                               "progress": False, "seed": 0})
+                               "progress": False, "run.seed": 0})
                 m = evaluate_run(res)
                 if dec == "greedy":
                     row["greedy"] = m["accuracy_strict"]["mean"]
