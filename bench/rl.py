@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from latentcot.decoding.sampling import GenerationConfig
 from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
@@ -54,7 +55,10 @@ def _method(model: str, mode: str, a) -> object:
                 "group_size": a.group, "prompts_per_step": a.prompts, "rollout_temperature": 1.0}
     if a.lora:
         settings["lora_r"] = 8
-    return build_method("rloo", settings, Backbone(m, tok, model))
+    method = build_method("rloo", settings, Backbone(m, tok, model))
+    # EOS never ends a row (nor a CoT whose top-1 token is EOS): every mode runs the same number of steps
+    method.rollout_generation = lambda: GenerationConfig(max_new_tokens=a.answer, temperature=1.0, ignore_eos=True)
+    return method
 
 
 def throughput(a) -> dict:
