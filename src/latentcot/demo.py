@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from latentcot import atomic
 from latentcot.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -178,13 +178,13 @@ def fresh_run(run_dir: Path, key: dict[str, Any], label: str) -> None:
     old = json.loads(path.read_text()) if path.is_file() else None
     if run_dir.is_dir() and (old is None or old.get("train") != key["train"]):
         log.info("%s: trained with other settings; running it again", label)
-        shutil.rmtree(run_dir)
+        atomic.remove_tree(run_dir)
     elif old is not None and old.get("eval") != key["eval"]:
         log.info("%s: evaluated with other settings; evaluating it again", label)
         for name in EVAL_FILES:
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(key, indent=1, sort_keys=True))
+    atomic.write_text(path, json.dumps(key, indent=1, sort_keys=True))
 
 
 def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool) -> dict[str, Any]:
@@ -318,7 +318,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def write_report(s: DemoSettings, rows: list[dict[str, Any]], out: Path, wall: float) -> None:
     """report.md (table + settings), results.json and accuracy_vs_steps.png in `out`."""
-    (out / "results.json").write_text(json.dumps({"settings": asdict(s), "rows": rows, "wall_seconds": wall}, indent=1))
+    atomic.write_json(out / "results.json", {"settings": asdict(s), "rows": rows, "wall_seconds": wall})
     plot = plot_accuracy_vs_steps(rows, out / "accuracy_vs_steps.png")
     text = [
         "# latentcot demo: continuous thoughts on synthetic pointer chasing",
@@ -336,7 +336,7 @@ def write_report(s: DemoSettings, rows: list[dict[str, Any]], out: Path, wall: f
     ]
     if plot:
         text += ["", f"![accuracy vs decode steps]({plot.name})"]
-    (out / "report.md").write_text("\n".join(text) + "\n")
+    atomic.write_text(out / "report.md", "\n".join(text) + "\n")
 
 
 def plot_accuracy_vs_steps(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -362,6 +362,6 @@ def plot_accuracy_vs_steps(rows: list[dict[str, Any]], path: Path) -> Path | Non
         ax.set_ylim(-5, 105)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from latentcot import atomic
 from latentcot.config import check, field_types, from_dict, load_yaml, split_sections, to_dict
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.errors import ConfigError, DataError
@@ -284,7 +285,7 @@ def save_config(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None
     out_dir.mkdir(parents=True, exist_ok=True)
     data = res.to_dict()
     data["run"]["shard"] = None  # every shard of a run writes the same config
-    (out_dir / name).write_text(yaml.safe_dump(data, sort_keys=False))
+    atomic.write_yaml(out_dir / name, data)
 
 
 def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None = None) -> dict[str, Any] | None:

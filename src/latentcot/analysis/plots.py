@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from latentcot import atomic
+
 
 def _pyplot():
     import matplotlib
@@ -36,7 +38,7 @@ def plot_entropy(results: list[dict[str, Any]], path: Path, title: str = "") -> 
     ax.set_title(title or "entropy per step")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -51,7 +53,7 @@ def plot_js(summary: dict[str, Any], path: Path, title: str = "") -> None:
     ax.set_ylabel("JS divergence of next-step distributions (nats)")
     ax.set_title(title or "soft input vs its top tokens")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -68,5 +70,5 @@ def plot_lens(summary: dict[str, Any], path: Path, title: str = "") -> None:
     ax.set_ylabel("layer (0 = embeddings)")
     ax.set_title(title or "logit lens along the soft trace")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     plt.close(fig)

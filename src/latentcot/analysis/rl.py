@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from latentcot import atomic
 from latentcot.analysis.plots import _pyplot
 
 
@@ -50,7 +51,7 @@ def plot_rl_log(log_path: Path, png: Path, title: str = "") -> Path | None:
     ax2.legend()
     fig.suptitle(title or "RLOO")
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    atomic.save_figure(fig, png, dpi=120)
     plt.close(fig)
     return Path(png)
 
@@ -81,7 +82,7 @@ def plot_rl_curves(runs: dict[str, list[Path]], png: Path, title: str = "") -> P
     ax2.legend()
     fig.suptitle(title or "RLOO")
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    atomic.save_figure(fig, png, dpi=120)
     plt.close(fig)
     return Path(png)
 
@@ -111,7 +112,7 @@ def plot_entropy_profiles(profiles: dict[str, list[float]], png: Path, title: st
     ax.set_title(title or "entropy along the chain of thought")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    atomic.save_figure(fig, png, dpi=120)
     plt.close(fig)
     return Path(png)
 

@@ -29,11 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import re
 
     from tqdm.auto import tqdm
 
+    from latentcot import atomic
     from latentcot.analysis.plots import plot_entropy, plot_js, plot_lens
     from latentcot.analysis.soft_trace import diagnose, summarize
     from latentcot.config import check, parse_kv
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         "summary": summary,
         "questions": results,
     }
-    (out / "analysis.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    atomic.write_json(out / "analysis.json", report)
     title = f"{Path(args.model).name} on {task.name}"
     plot_entropy(results, out / "entropy.png", f"entropy per step: {title}")
     plot_js(summary, out / "js.png", f"JS divergence: {title}")

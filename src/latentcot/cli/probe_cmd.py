@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
+    from latentcot import atomic
     from latentcot.analysis.probe import format_probe_table, probe_thoughts, step_hit_rate
     from latentcot.errors import ConfigError
     from latentcot.pipeline import build, resolve, select_examples
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         print("top-1 token == rationale step, per thought: " + ", ".join(f"{r:.2f}" for r in rates))
     out = res.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps({"method": res.run.method, "model": res.run.model,
-                                                "task": res.run.task, "step_hit_rate": rates, "rows": rows}, indent=1))
+    atomic.write_json(out / "probe.json", {"method": res.run.method, "model": res.run.model,
+                                           "task": res.run.task, "step_hit_rate": rates, "rows": rows})
     print(f"wrote {out}/probe.json")
     return 0

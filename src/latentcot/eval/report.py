@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from latentcot import atomic
 from latentcot.errors import DataError
 from latentcot.eval.runner import METRICS
 
@@ -158,7 +159,7 @@ def plot(runs: Sequence[RunSummary], path: Path, metric: str = "accuracy_strict"
     ax.set_title(f"accuracy vs decode steps: {', '.join(tasks)}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return drawn
 
@@ -190,5 +191,5 @@ def write_report(
         + f"\n![{metric} vs decode steps]({png.name})\n"
     )
     md = out / REPORT
-    md.write_text(body)
+    atomic.write_text(md, body)
     return text, md, png

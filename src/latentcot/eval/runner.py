@@ -1,15 +1,15 @@
 """The evaluation runner: method x model x task x seeds x samples -> samples.jsonl + metrics.json.
 
 `samples.jsonl` is appended batch by batch and flushed; re-running the same command reads it, skips every
-(question, seed, sample) already there and finishes only what is missing. A line cut short by a kill is
-dropped on resume and redone.
+(question, seed, sample) already there and finishes only what is missing. A line that is not a complete
+record (cut short by a kill, or damaged anywhere in the file) is moved to `samples.rejected.jsonl`, named in a
+warning and redone; every good line around it is kept.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from latentcot import atomic
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
 from latentcot.eval.metrics import compute_metrics
 from latentcot.methods.base import Method, generate_batched, output_row
@@ -28,26 +29,39 @@ SAMPLES = "samples.jsonl"
 METRICS = "metrics.json"
 
 
+REJECTED = "samples.rejected.jsonl"
+_REQUIRED = ("id", "seed", "sample")
+
+
 def read_samples(path: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of a samples file; a torn last line (killed run) is dropped and the file repaired."""
+    """The complete records of a samples file. Bad lines are set aside, never used to cut the file.
+
+    A line is bad when it does not end in a newline (a kill tore it), is not a JSON object, or lacks
+    id/seed/sample. Bad lines are appended to `samples.rejected.jsonl` beside the file (with their line
+    numbers), a warning names them, and the samples file is rewritten atomically without them.
+    """
     if not path.is_file():
         return []
     good: list[dict[str, Any]] = []
-    raw = path.read_text()
-    lines = raw.splitlines(keepends=True)
-    keep_bytes = 0
-    for line in lines:
-        if not line.endswith("\n"):
-            break
+    kept: list[str] = []
+    bad: list[tuple[int, str]] = []
+    for number, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True), 1):
         try:
-            good.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        keep_bytes += len(line.encode())
-    if keep_bytes != len(raw.encode()):
-        log.warning("%s: dropping a torn last line from an interrupted run", path)
-        with path.open("rb+") as f:
-            f.truncate(keep_bytes)
+            rec = json.loads(line) if line.endswith("\n") else None
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict) and all(k in rec for k in _REQUIRED):
+            good.append(rec)
+            kept.append(line)
+        else:
+            bad.append((number, line))
+    if bad:
+        side = path.with_name(REJECTED)
+        atomic.append_json(side, [{"file": path.name, "line": n, "text": text.rstrip("\n")} for n, text in bad])
+        lines = ", ".join(str(n) for n, _ in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        log.warning("%s: set aside %d unreadable line(s) (line %s) into %s; they will be redone",
+                    path, len(bad), lines, side.name)
+        atomic.write_text(path, "".join(kept))
     return good
 
 
@@ -70,6 +84,7 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SAMPLES
+    atomic.clean_temporaries(out_dir)
     done = {sample_key(r["id"], r["seed"], r["sample"]) for r in read_samples(path)}
     todo = [
         (ex, seed, s)
@@ -81,26 +96,25 @@ def evaluate(
     if done:
         log.info("resuming: %d samples done, %d to go", len(done), len(todo))
     bar = tqdm(total=len(todo), desc=f"eval {method.name} on {task.name}", disable=not progress, dynamic_ncols=True)
-    with path.open("a") as f:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            rand = RowRandom([row_seed(seed, ex.id, s) for ex, seed, s in chunk], method.backbone.device)
-            t0 = time.perf_counter()
-            outs = generate_batched(method, [ex for ex, _, _ in chunk], task, gen, rand)
-            wall = time.perf_counter() - t0
-            for (ex, seed, s), out in zip(chunk, outs):
-                rec = {"id": ex.id, "seed": seed, "sample": s, "gold": ex.answer, **output_row(out)}
-                rec["seconds"] = wall / len(chunk)
-                rec.update(task.score(ex, out.text))
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            bar.update(len(chunk))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        rand = RowRandom([row_seed(seed, ex.id, s) for ex, seed, s in chunk], method.backbone.device)
+        t0 = time.perf_counter()
+        outs = generate_batched(method, [ex for ex, _, _ in chunk], task, gen, rand)
+        wall = time.perf_counter() - t0
+        recs = []
+        for (ex, seed, s), out in zip(chunk, outs):
+            rec = {"id": ex.id, "seed": seed, "sample": s, "gold": ex.answer, **output_row(out)}
+            rec["seconds"] = wall / len(chunk)
+            rec.update(task.score(ex, out.text))
+            recs.append(rec)
+        atomic.append_json(path, recs)  # one write + fsync per batch: a kill tears at most the last line
+        bar.update(len(chunk))
     bar.close()
     wanted = {sample_key(ex.id, seed, s) for seed in seeds for ex in examples for s in range(gen.num_samples)}
     records = [r for r in read_samples(path) if sample_key(r["id"], r["seed"], r["sample"]) in wanted]
     metrics = metrics_of(method, task, records, gen, ks)
-    (out_dir / METRICS).write_text(json.dumps(metrics, indent=1))
+    atomic.write_json(out_dir / METRICS, metrics)
     return metrics
 
 

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from latentcot import atomic
 from latentcot.errors import DataError
 from latentcot.eval.metrics import compute_metrics
 from latentcot.eval.runner import METRICS, SAMPLES
@@ -183,14 +182,12 @@ def score_file(
     metrics.update({"method": path.stem, "task": task.name, "source": str(path)})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / SAMPLES).open("w") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    (out / METRICS).write_text(json.dumps(metrics, indent=1))
+    atomic.write_text(out / SAMPLES, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+    atomic.write_json(out / METRICS, metrics)
     config = {
         "run": {"method": path.stem, "model": "external", "task": task.name, "split": split},
         "score": {"file": str(path.resolve())},
     }
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    atomic.write_yaml(out / "config.yaml", config)
     log.debug("scored %d outputs of %d questions from %s", len(records), metrics["questions"], path)
     return metrics

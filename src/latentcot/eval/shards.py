@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from latentcot import atomic
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.errors import ConfigError
 from latentcot.eval.runner import METRICS, SAMPLES, evaluate, metrics_of, read_samples, sample_key
@@ -134,9 +135,4 @@ def merge(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path, text)

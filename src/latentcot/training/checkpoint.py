@@ -5,29 +5,40 @@ Layout of a checkpoint directory:
     optimizer.safetensors   the optimizer's per-parameter tensors, flattened as "state.<idx>.<key>"
     state.json              step, data position, optimizer param groups and scalar state, Python RNG state
     rng.safetensors         torch CPU (and CUDA) RNG states
-A checkpoint is written to a temporary directory and renamed into place, so a killed run never leaves a
-half-written one.
+A checkpoint is written to `checkpoint.tmp/` (state.json last) and published with one rename; the previous
+one is set aside as `checkpoint.old/` just before and removed only after. `repair_checkpoint` turns whatever a
+kill can leave (a torn temporary, a set-aside old one, no `checkpoint/` at all) back into one complete
+checkpoint, the newest that was fully written, before a run reads it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from latentcot import atomic
 from latentcot.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 WEIGHTS = "trainable.safetensors"
+FILES = (WEIGHTS, "optimizer.safetensors", "rng.safetensors", "state.json")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Writes a safetensors file atomically."""
+    atomic.write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+    save_tensors(state, path)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -76,29 +87,68 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
 ) -> None:
-    """Atomically writes a full training checkpoint to `directory`."""
+    """Writes a full training checkpoint to `directory`, replacing the previous one crash-safely."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp, old = _siblings(directory)
+    repair_checkpoint(directory)  # at most `directory` is left: no stale temporary, no set-aside old one
     tmp.mkdir(parents=True)
     save_weights(weights, tmp / WEIGHTS)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"torch_cuda_{i}"] = s
-    save_file(rng, str(tmp / "rng.safetensors"))
+    save_tensors(rng, tmp / "rng.safetensors")
     py_state = random.getstate()
     full = {**state, "optimizer": opt_meta, "python_random": [py_state[0], list(py_state[1]), py_state[2]]}
-    (tmp / "state.json").write_text(json.dumps(full, indent=1))
-    old = directory.with_name(directory.name + ".old")
+    atomic.write_json(tmp / "state.json", full)  # last: its presence marks the temporary complete
     if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    if old.exists():
-        shutil.rmtree(old)
+        atomic._replace(directory, old)
+    atomic.publish_dir(tmp, directory)
+    atomic.remove_tree(old)
+
+
+def _siblings(directory: Path) -> tuple[Path, Path]:
+    return directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+
+
+def is_complete(directory: Path) -> bool:
+    """True when `directory` holds every checkpoint file and a readable state.json (written last)."""
+    if not directory.is_dir() or not all((directory / f).is_file() for f in FILES):
+        return False
+    try:
+        json.loads((directory / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def repair_checkpoint(directory: Path) -> bool:
+    """Restores the state a kill inside `save_checkpoint` can leave; returns whether a complete checkpoint exists.
+
+    The newest fully written checkpoint wins: `directory` if complete, else a complete `.tmp` (killed between
+    setting the old one aside and publishing), else a complete `.old`. Leftovers are removed after. A
+    `directory` that exists but is incomplete was not made by this code: CheckpointError, never a silent restart.
+    """
+    directory = Path(directory)
+    tmp, old = _siblings(directory)
+    if not directory.exists():
+        for candidate in (tmp, old):
+            if is_complete(candidate):
+                log.warning("%s: restoring the checkpoint from %s left by a killed run", directory, candidate.name)
+                atomic._replace(candidate, directory)
+                atomic.fsync_dir(directory.parent)
+                break
+    for leftover in (tmp, old):
+        if leftover.exists():
+            log.info("removing %s left by a killed run", leftover)
+            atomic.remove_tree(leftover)
+    if directory.exists() and not is_complete(directory):
+        missing = [f for f in FILES if not (directory / f).is_file()]
+        what = f"lacks {', '.join(missing)}" if missing else "has an unreadable state.json"
+        raise CheckpointError(f"checkpoint {directory} {what}: restore it, or delete it to restart training from step 0")
+    return directory.exists()
 
 
 def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -27,11 +27,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from latentcot import atomic
 from latentcot.config import check
 from latentcot.errors import ConfigError
 from latentcot.methods.base import Method
 from latentcot.tasks.base import Example, Task
-from latentcot.training.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from latentcot.training.checkpoint import load_checkpoint, repair_checkpoint, save_checkpoint, save_weights
 from latentcot.training.distributed import MIXED_PRECISION, Runtime, launched_world_size, split_global_batch
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,11 @@ def train(
     ckpt = out_dir / "checkpoint"
     step, epoch, pos = 0, 0, 0
     before = {"seconds": 0.0, "peak_rss_mib": 0.0}  # what earlier processes of this run spent (resume)
+    log_path = out_dir / "train_log.jsonl"
+    if rt.is_main:  # one process puts back what a kill left; the others wait for it
+        atomic.clean_temporaries(out_dir)
+        repair_checkpoint(ckpt)
+    rt.wait()
     if (ckpt / "state.json").is_file():
         weights, st = load_checkpoint(ckpt, opt)
         if st.get("global_batch", global_batch) != global_batch:
@@ -179,9 +185,9 @@ def train(
     if rt.is_main:
         log.info("global batch %d = %d per device x %d accumulation x %d processes (%s)", global_batch, micro,
                  cfg.grad_accum, rt.world, rt.kind)
+        trim_log(log_path, step)
     model = rt.wrap(method)  # what is called: the method, or its DDP / FSDP wrapper
     opt = rt.optimizer(opt)
-    log_path = out_dir / "train_log.jsonl"
     method.train()
     order = epoch_order(n, epoch, seed)
     t0 = time.perf_counter()
@@ -272,7 +278,7 @@ def train(
         _append(log_path, {"step": step, "eval": summary["eval"]})
     method.eval()
     if rt.is_main:
-        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        atomic.write_json(out_dir / "train_summary.json", summary)
     rt.wait()
     return summary
 
@@ -291,5 +297,25 @@ def enable_gradient_checkpointing(method: Method) -> None:
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    atomic.append_json(path, [row])
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keeps the log rows of steps <= `step` (the checkpoint a run resumes from): each step is logged once.
+
+    Rows written after the last checkpoint by a killed process are redone by the resumed one; a torn or
+    unreadable line is dropped with them (the log is rebuilt, never trusted past the checkpoint).
+    """
+    if not path.is_file():
+        return
+    keep: list[str] = []
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line)
+    if keep != lines:
+        atomic.write_text(path, "".join(keep))
