@@ -68,9 +68,9 @@ def test_train_then_eval_with_weights(tmp_path, capsys):
     "argv,needle",
     [
         (["eval", "--method", "nope"], "unknown method"),
-        (["eval", "--model", "tiny-lama"], "did you mean 'tiny-llama'"),
-        (["eval", "--task", "gsm9k"], "unknown task"),
-        (["eval", "temperature=-1"], "temperature"),
+        (["eval", "--method", "cot", "--model", "tiny-lama"], "did you mean 'tiny-llama'"),
+        (["eval", "--method", "cot", "--task", "gsm9k"], "unknown task"),
+        (["eval", "--method", "cot", "temperature=-1"], "temperature"),
         (["eval", "--model", "tiny-gpt2", "--method", "cot_sft", "weights=/nonexistent/w.safetensors"], "does not exist"),
     ],
 )

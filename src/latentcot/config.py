@@ -101,8 +101,34 @@ def from_dict(cls: type, data: dict[str, Any], section: str = "") -> Any:
             where = f"{section}." if section else ""
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config key {where}{key}{hint}")
-        kwargs[key] = coerce(value, types_[key], f"{section + '.' if section else ''}{key}")
+        name = f"{section + '.' if section else ''}{key}"
+        kwargs[key] = check_bounds(coerce(value, types_[key], name), name, key, cls)
     return cls(**kwargs)
+
+
+# Largest values of count fields where a bigger one would exhaust memory before any work is done (every
+# field of this name in any section). Lists of ints are bounded element-wise.
+MAXIMA = {"num_samples": 1024, "max_new_tokens": 1_000_000, "batch_size": 65_536, "train_batch_size": 65_536,
+          "num_thoughts": 1_000_000, "num_thoughts_train": 1_000_000, "num_chains": 1024, "group_size": 4096}
+
+
+def check_bounds(value: Any, name: str, key: str, cls: type) -> Any:
+    """The bounds every config value obeys: counts are >= 0 (unless the class lists the field in SIGNED),
+    floats are finite, and a field named in MAXIMA is at most that."""
+    import math
+
+    signed = getattr(cls, "SIGNED", ())
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{name}: must be a finite number, got {v}")
+        if isinstance(v, int) and v < 0 and key not in signed:
+            raise ConfigError(f"{name}: must be >= 0, got {v}")
+        if isinstance(v, (int, float)) and key in MAXIMA and v > MAXIMA[key]:
+            raise ConfigError(f"{name}: at most {MAXIMA[key]} (documented limit), got {v}")
+    return value
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

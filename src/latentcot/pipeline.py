@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from latentcot import atomic
 from latentcot.config import check, field_types, from_dict, load_yaml, split_sections, to_dict
 from latentcot.decoding.sampling import GenerationConfig
@@ -247,28 +245,72 @@ def select_examples(task: Task, split: str | None, offset: int, limit: int) -> l
     return chosen
 
 
-# Settings that do not change results: a resumed run may differ in these.
+# Settings that do not change results: a resumed run may differ in these. Training keys matter only to
+# training: an evaluation directory ignores them, a training directory compares them (and the seed).
 _FREE = {"run.progress", "run.batch_size", "run.limit", "run.offset", "run.seeds", "run.seed", "run.out", "run.device", "run.eval_limit",
-         "run.shard"}
+         "run.shard", "train.save_every"}
+_FREE_EVAL = ("train.",)
 
 
 def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
-    """Refuses to append to a run directory made with other result-affecting settings."""
+    """Refuses to continue a run directory made with other result-affecting settings, naming the first one."""
+    from latentcot.preflight import read_back_yaml
+
     path = out_dir / name
     if not path.is_file():
         return
-    old = _flatten(yaml.safe_load(path.read_text()) or {})
+    training = name == "train_config.yaml"
+    old = _flatten(read_back_yaml(path))
     new = _flatten(json.loads(json.dumps(res.to_dict())))
     # A run field added after the directory was made counts as its default there.
     defaults = {f"run.{k}": v for k, v in to_dict(RunConfig()).items()}
     old = {**{k: v for k, v in defaults.items() if k in new and k not in old}, **old}
-    diff = [k for k in sorted(set(old) | set(new)) if k not in _FREE and not k.startswith("train.") and old.get(k) != new.get(k)]
+    if training:  # training uses the first seed (data order, initialisation)
+        old["run.first_seed"] = (old.get("run.seeds") or [None])[0]
+        new["run.first_seed"] = (new.get("run.seeds") or [None])[0]
+    diff = [k for k in sorted(set(old) | set(new))
+            if k not in _FREE and not (not training and k.startswith(_FREE_EVAL)) and old.get(k) != new.get(k)]
     if diff:
         k = diff[0]
+        key = "seed" if k == "run.first_seed" else k
         raise ConfigError(
-            f"{out_dir} holds a run with other settings ({k}: {old.get(k)!r} there, {new.get(k)!r} now): "
-            "pass another --out, or delete that directory to start over"
+            f"{out_dir} holds a run with other settings ({key}: {old.get(k)!r} there, {new.get(k)!r} now): "
+            f"set {key}={_show(old.get(k))} to resume it, pass another --out, or delete that directory to start over"
         )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def preflight(res: Resolved, out: Path) -> None:
+    """Checks that need no model: the output path and the device."""
+    from latentcot.preflight import check_device, check_out_dir
+
+    check_out_dir(out)
+    check_device(res.run.device)
+
+
+def check_context(method: Method, task: Task, examples: list[Example], max_new_tokens: int) -> None:
+    from latentcot.preflight import check_context as check
+
+    check(method, task, examples, max_new_tokens)
+
+
+def warn_untrained(method: Method, weights: str | None) -> str | None:
+    from latentcot.preflight import warn_untrained as warn
+
+    return warn(method, weights)
+
+
+def record_warnings(out: Path, metrics: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """Adds the run's warnings to metrics.json (so a table made later still shows them)."""
+    if warnings:
+        metrics["warnings"] = warnings
+        atomic.write_json(out / "metrics.json", metrics)
+    return metrics
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -297,14 +339,20 @@ def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None 
     out = res.out_dir
     n, mine = resolve_shards(res.run.num_shards, res.run.shard)
     res = dataclasses.replace(res, run=dataclasses.replace(res.run, num_shards=n))  # the count actually used
+    preflight(res, out)
     check_resume(out, res)
     check_shard_layout(out, n)
-    if method is None or task is None:
+    built = method is None or task is None
+    if built:
         method, task = build(res)
     examples = select_examples(task, res.run.split, res.run.offset, res.run.limit)
-    save_config(out, res)
+    check_context(method, task, examples, res.generation.max_new_tokens)
+    warning = warn_untrained(method, res.run.weights) if built else None
+    save_config(out, res)  # the first write: settings, model, weights and data are all checked by now
     if n == 1:
-        return evaluate(method, task, examples, res.generation, res.run.seeds, out, res.run.batch_size, res.run.progress)
+        metrics = evaluate(method, task, examples, res.generation, res.run.seeds, out, res.run.batch_size,
+                           res.run.progress)
+        return record_warnings(out, metrics, [warning] if warning else [])
     return evaluate_sharded(method, task, examples, res.generation, res.run.seeds, out, n, mine, res.run.batch_size,
                             res.run.progress)
 
@@ -316,6 +364,7 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
     from latentcot.training.loop import train
 
     out = res.out_dir
+    preflight(res, out)
     check_resume(out, res, "train_config.yaml")
     torch.manual_seed(res.run.seeds[0])
     if method is None or task is None:
@@ -328,7 +377,12 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
     examples = task.load(split)
     if res.train.train_limit:
         examples = examples[: res.train.train_limit]
-    save_config(out, res, "train_config.yaml")
+    if not examples:
+        raise DataError(f"task {task.name} split {split} has no examples to train on")
+    from latentcot.training.checkpoint import check_checkpoint
+
+    check_checkpoint(out / "checkpoint")
+    save_config(out, res, "train_config.yaml")  # the first write: settings, model and data are checked by now
     evaluate_fn = None
     if res.run.eval_limit:
         from latentcot.eval.runner import evaluate

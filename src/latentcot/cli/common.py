@@ -20,6 +20,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("settings", nargs="*", metavar="key=value", help="any config field, e.g. temperature=0.7 num_thoughts=6")
 
 
+def require_method(values: dict[str, Any], config: str | None, command: str) -> None:
+    """`eval`/`train` never fall back to a default method: the user names one."""
+    from latentcot.config import load_yaml
+    from latentcot.errors import ConfigError
+
+    if "method" in values or "run.method" in values:
+        return
+    data = load_yaml(config) if config else {}
+    run = data.get("run") if isinstance(data.get("run"), dict) else {}
+    if isinstance(data.get("method"), str) or "method" in run:
+        return
+    raise ConfigError(f"{command} needs a method: pass --method NAME (see `latentcot ls methods`)")
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     from latentcot.config import parse_kv
 

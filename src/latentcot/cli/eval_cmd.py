@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from latentcot.cli.common import add_run_arguments, collect
+from latentcot.cli.common import add_run_arguments, collect, require_method
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from latentcot.pipeline import evaluate_run, resolve, use_trained_weights
 
-    res = resolve(collect(args), args.config, smoke=args.smoke)
+    values = collect(args)
+    require_method(values, args.config, "eval")
+    res = resolve(values, args.config, smoke=args.smoke)
     use_trained_weights(res)
     metrics = evaluate_run(res)
     if metrics is None:  # a shard of a sharded run finished before the others

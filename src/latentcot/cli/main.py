@@ -59,16 +59,34 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    from latentcot.errors import LatentCotError
+    from latentcot.errors import user_error
 
     try:
         return int(args._module.run(args) or 0)
-    except LatentCotError as e:
-        print(f"latentcot {args.command}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # `latentcot ls tasks | head`: the reader left; say so once, print nothing more
+        _silence_stdout()
+        print(f"latentcot {args.command}: error: output closed early (broken pipe)", file=sys.stderr)
+        return 2
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        print(f"latentcot {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"latentcot {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so the interpreter's final flush cannot raise a second BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # in-process (tests): stdout is not a real file
+        pass
 
 
 def entry() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from latentcot.cli.common import add_run_arguments, collect
+from latentcot.cli.common import add_run_arguments, collect, require_method
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from latentcot.pipeline import resolve, train_run
 
-    res = resolve(collect(args), args.config, smoke=args.smoke)
+    values = collect(args)
+    require_method(values, args.config, "train")
+    res = resolve(values, args.config, smoke=args.smoke)
     if args.launch:
         from latentcot.training.launch import launch, strip_launch
 

@@ -116,10 +116,18 @@ def load_model(
 def _load_pretrained(name: str, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    local = Path(name)
+    if local.is_dir():  # say what is missing instead of letting a tokenizer class guess (e.g. "needs sentencepiece")
+        if not (local / "config.json").is_file():
+            raise ModelError(f"model directory {name} holds no model (no config.json): pass a directory made by "
+                             "save_pretrained, a .gguf file, an alias or a hub id")
+        if not any(local.glob("*.safetensors")):
+            raise ModelError(f"model directory {name} has no .safetensors weights (only safetensors are loaded): "
+                             "re-save it with safe_serialization=True")
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, use_safetensors=True)
-    except OSError as e:
+    except (OSError, ValueError, ImportError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model {name!r}: {first}") from None
     return model, tok

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from latentcot.errors import ConfigError, DataError
-from latentcot.tasks.answers import flexible_number, same_number, strict_number
+from latentcot.tasks.answers import flexible_number, parse_number, same_number, strict_number
 from latentcot.tasks.base import Example, Extracted, Task, resolve_data_dir
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class FileTask(Task):
     origin: str = ""
     files: dict[str, str] = {}
     counts: dict[str, int] = {}
+    numeric_gold: bool = True  # the default comparison reads gold answers as numbers; check_example enforces it
 
     # ---- extraction defaults: numeric answers
     def extract(self, text: str) -> Extracted:
@@ -133,6 +134,17 @@ class FileTask(Task):
     def make(self, row: Row, split: str) -> Example:
         raise NotImplementedError
 
+    def check_example(self, ex: Example) -> Example:
+        """Refuses a row with an empty question, or a gold answer this task's comparison cannot read
+        (numeric tasks: a gold answer that is not a number, e.g. "eighteen")."""
+        if not str(ex.question).strip():
+            raise ValueError("empty question")
+        if not str(ex.answer).strip():
+            raise ValueError("empty gold answer")
+        if self.numeric_gold and type(self).is_equivalent is FileTask.is_equivalent and parse_number(ex.answer) is None:
+            raise ValueError(f"gold answer {ex.answer!r} is not a number")
+        return ex
+
     def build(
         self,
         rows: Iterator[Row | DataError] | list[Row],
@@ -151,7 +163,7 @@ class FileTask(Task):
                 if isinstance(row, DataError):
                     raise row
                 try:
-                    out.append(make(row, split))
+                    out.append(self.check_example(make(row, split)))
                 except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
                     raise DataError(
                         f"{source}: {row.where} is malformed ({type(e).__name__}: {e}); "

@@ -144,11 +144,18 @@ def repair_checkpoint(directory: Path) -> bool:
         if leftover.exists():
             log.info("removing %s left by a killed run", leftover)
             atomic.remove_tree(leftover)
+    check_checkpoint(directory)
+    return directory.exists()
+
+
+def check_checkpoint(directory: Path) -> None:
+    """Read-only: CheckpointError when `directory` exists but is not a complete checkpoint (never a silent
+    restart from step 0). A run calls it before writing anything."""
+    directory = Path(directory)
     if directory.exists() and not is_complete(directory):
         missing = [f for f in FILES if not (directory / f).is_file()]
         what = f"lacks {', '.join(missing)}" if missing else "has an unreadable state.json"
         raise CheckpointError(f"checkpoint {directory} {what}: restore it, or delete it to restart training from step 0")
-    return directory.exists()
 
 
 def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,0 +1,162 @@
+"""A corpus of bad inputs across the command line, YAML, data files, checkpoints/weights and output paths.
+
+Each case runs `latentcot` in-process and must end with exit status 2, exactly one line on stderr naming the
+problem (no traceback), and the working directory byte for byte as it was: nothing written, nothing removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentcot.cli.main import main
+
+RUN = ["--model", "tiny-gpt2", "--task", "pointer_chase", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """Files the cases point at: configs, data, a finished training run, a finished evaluation, models."""
+    w = tmp_path_factory.mktemp("bad")
+    (w / "good.yaml").write_text("method: cot\nmax_new_tokens: 4\n")
+    (w / "broken.yaml").write_text("method: cot\nmax_new_tokens: [4\n")
+    (w / "list.yaml").write_text("- method\n- cot\n")
+    (w / "unknown.yaml").write_text("method: cot\nmax_new_tokns: 4\n")
+    (w / "negative.yaml").write_text("method: cot_sft\ntrain:\n  max_steps: -5\n")
+    (w / "badtype.yaml").write_text("method: cot\ngeneration:\n  temperature: hot\n")
+    (w / "afile").write_text("x")
+    (w / "not.safetensors").write_bytes(b"not safetensors at all")
+    (w / "emptydir").mkdir()
+    (w / "modeldir").mkdir()
+    (w / "modeldir" / "config.json").write_text("{}")
+    good = {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"}
+    for name, row in (("badjson", None), ("emptyq", {**good, "question": "  "}), ("wordgold", {**good, "answer": "#### eighteen"})):
+        d = w / name / "gsm8k"
+        d.mkdir(parents=True)
+        lines = [json.dumps(good)] * 2 + (["{not json"] if row is None else [json.dumps(row)])
+        (d / "test.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["train", "--method", "cot_sft", *RUN, "--out", str(w / "trained"), "max_steps=2", "lr=1e-3",
+                 "train_batch_size=2", "save_every=1"]) == 0
+    assert main(["eval", "--method", "cot", *RUN, "--limit", "2", "--out", str(w / "evaluated"), "max_new_tokens=4"]) == 0
+    shutil.copytree(w / "evaluated", w / "cutconfig")
+    text = (w / "cutconfig" / "config.yaml").read_text()
+    (w / "cutconfig" / "config.yaml").write_text(text[: len(text) // 2] + "\n  - [unclosed\n")
+    shutil.copytree(w / "trained", w / "nostate")
+    (w / "nostate" / "checkpoint" / "state.json").unlink()
+    return w
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+# (argv, a piece of the one-line message). "{w}" is the work directory.
+CASES = [
+    # command line
+    (["eval", *RUN], "needs a method"),
+    (["train", *RUN], "needs a method"),
+    (["eval", "--method", "nope", *RUN], "unknown method"),
+    (["eval", "--method", "cot", "--model", "tiny-lama", "--task", "pointer_chase"], "tiny-llama"),
+    (["eval", "--method", "cot", "--model", "tiny-gpt2", "--task", "gsm9k"], "unknown task"),
+    (["eval", "--method", "cot", *RUN, "temperature=-1"], "temperature"),
+    (["eval", "--method", "cot", *RUN, "max_new_tokens=0"], "max_new_tokens"),
+    (["eval", "--method", "cot", *RUN, "num_samples=100000000"], "num_samples: at most"),
+    (["eval", "--method", "cot", *RUN, "num_samples=-1"], "num_samples"),
+    (["eval", "--method", "cot", *RUN, "--limit", "-1"], "limit"),
+    (["eval", "--method", "cot", *RUN, "batch_size=0"], "batch_size"),
+    (["eval", "--method", "cot", *RUN, "top_p=2"], "top_p"),
+    (["eval", "--method", "cot", *RUN, "seeds=a,b"], "seeds"),
+    (["eval", "--method", "cot", *RUN, "seed=-3"], "seed"),
+    (["eval", "--method", "cot", *RUN, "max_new_tokns=4"], "unknown config key"),
+    (["eval", "--method", "cot", *RUN, "oops"], "expected key=value"),
+    (["eval", "--method", "cot", *RUN, "device=tpu"], "device"),
+    (["eval", "--method", "cot", *RUN, "dtype=float8"], "dtype"),
+    (["train", "--method", "cot_sft", *RUN, "max_steps=-5"], "max_steps: must be >= 0"),
+    (["train", "--method", "cot_sft", *RUN, "save_every=-3"], "save_every: must be >= 0"),
+    (["train", "--method", "cot_sft", *RUN, "lr=nan"], "lr"),
+    (["train", "--method", "cot_sft", *RUN, "grad_accum=0"], "grad_accum"),
+    (["train", "--method", "cot", *RUN], "training-free"),
+    (["eval", "--method", "cot", *RUN, "max_new_tokens=5000"], "positions"),
+    (["eval", "--method", "codi", *RUN, "num_thoughts=100000"], "num_thoughts"),
+    # YAML files
+    (["eval", *RUN, "--config", "{w}/missing.yaml"], "does not exist"),
+    (["eval", *RUN, "--config", "{w}/broken.yaml"], "not valid YAML"),
+    (["eval", *RUN, "--config", "{w}/list.yaml"], "mapping"),
+    (["eval", *RUN, "--config", "{w}/unknown.yaml"], "max_new_tokns"),
+    (["train", *RUN, "--config", "{w}/negative.yaml"], "max_steps"),
+    (["eval", *RUN, "--config", "{w}/badtype.yaml"], "temperature"),
+    (["eval", "--method", "cot", *RUN, "--limit", "2", "--out", "{w}/cutconfig", "max_new_tokens=4"], "damaged"),
+    # data files
+    (["eval", "--method", "cot", "--model", "tiny-gpt2", "--task", "gsm8k", "--data-dir", "{w}/badjson"], "line 3"),
+    (["eval", "--method", "cot", "--model", "tiny-gpt2", "--task", "gsm8k", "--data-dir", "{w}/emptyq"], "empty question"),
+    (["eval", "--method", "cot", "--model", "tiny-gpt2", "--task", "gsm8k", "--data-dir", "{w}/wordgold"], "eighteen"),
+    (["eval", "--method", "cot", "--model", "tiny-gpt2", "--task", "gsm8k", "--data-dir", "{w}/nowhere"], "no benchmark data"),
+    (["eval", "--method", "cot", *RUN, "split=nope"], "no split"),
+    (["eval", "--method", "cot", *RUN, "offset=100000000"], "empty"),
+    # checkpoints and weights
+    (["eval", "--method", "cot_sft", *RUN, "weights={w}/nowhere.safetensors"], "does not exist"),
+    (["eval", "--method", "cot_sft", *RUN, "weights={w}/not.safetensors"], "safetensors"),
+    (["eval", "--method", "cot_sft", *RUN, "weights={w}/emptydir"], "does not exist"),
+    (["eval", "--method", "cot_sft", "--model", "tiny-llama", "--task", "pointer_chase", "weights={w}/trained"], "trained"),
+    (["train", "--method", "cot_sft", *RUN, "--out", "{w}/trained", "max_steps=2", "lr=5e-2", "train_batch_size=2"],
+     "train.lr"),
+    (["train", "--method", "cot_sft", *RUN, "--out", "{w}/trained", "max_steps=2", "lr=1e-3", "train_batch_size=2",
+      "seed=7"], "seed"),
+    (["train", "--method", "cot_sft", *RUN, "--out", "{w}/nostate", "max_steps=2", "lr=1e-3", "train_batch_size=2"],
+     "state.json"),
+    (["eval", "--method", "cot", *RUN, "--limit", "2", "--out", "{w}/evaluated", "max_new_tokens=5"], "max_new_tokens"),
+    # models
+    (["eval", "--method", "cot", "--model", "{w}/emptydir", "--task", "pointer_chase"], "no config.json"),
+    (["eval", "--method", "cot", "--model", "{w}/modeldir", "--task", "pointer_chase"], "safetensors"),
+    # output paths
+    (["eval", "--method", "cot", *RUN, "--out", "{w}/afile"], "existing file"),
+    (["eval", "--method", "cot", *RUN, "--out", "{w}/afile/run"], "is a file"),
+    (["train", "--method", "cot_sft", *RUN, "--out", "{w}/afile"], "existing file"),
+    (["report", "{w}/evaluated", "--out", "{w}/afile/report"], "afile"),
+    (["score", "--task", "pointer_chase", "{w}/nowhere.jsonl", "--out", "{w}/x"], "nowhere.jsonl"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", CASES, ids=[f"{i:02d}-{c[0][0]}" for i, c in enumerate(CASES)])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, needle, work, capsys, monkeypatch):
+    monkeypatch.chdir(work)  # a default output directory would land here and be caught
+    argv = [a.replace("{w}", str(work)) for a in argv]
+    if "--out" not in argv and argv[0] in ("eval", "train"):
+        argv += ["--out", str(work / "fresh")]
+    before = _snapshot(work)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert needle.replace("{w}", str(work)) in err, err
+    assert _snapshot(work) == before, "a failed run changed the working directory"
+
+
+def test_device_that_is_not_there(work, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = work / "fresh"
+    assert main(["eval", "--method", "cot", *RUN, "device=cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA GPU" in err and not out.exists()
+
+
+def test_broken_pipe_is_one_line(capsys, monkeypatch):
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", Closed())
+    assert main(["ls", "tasks"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken pipe" in err
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 40
