@@ -58,6 +58,37 @@ def test_distill_teacher_is_detached() -> None:
         distill_l1(T, S[:, :, :1])
 
 
+def test_default_distill_is_official_smooth_l1_std_over_all_hidden_states() -> None:
+    """The loss's distill term against an independent computation: plain HF forwards (input_ids for the teacher, a
+    cache-less loop of embeddings for the student, as the official code feeds them), smooth-L1 / teacher std
+    averaged over every hidden_states entry, the embedding output included."""
+    m, task = _codi(), _task()
+    assert m.cfg.distill_loss == "smooth_l1_std"
+    m.eval()
+    ex = task.load("train")[0]
+    model, embed = m.backbone.model, m.backbone.model.get_input_embeddings()
+    prompt = m.prompt_ids(ex, task)
+    r, a, y = m.pieces(ex, task)
+    with torch.no_grad():
+        t_out = model(input_ids=torch.tensor([prompt + r + a + y]), output_hidden_states=True)
+        t_pos = len(prompt) + len(r) + len(a) - 1  # the last anchor token
+        seq = embed(torch.tensor([prompt + [m.bot_id]]))  # (1, P+1, d)
+        for _ in range(3):
+            h = model(inputs_embeds=seq, output_hidden_states=True).hidden_states[-1][:, -1]  # (1, d)
+            seq = torch.cat([seq, m.projection(h)[:, None]], dim=1)
+        seq = torch.cat([seq, embed(torch.tensor([[m.eot_id] + a + y]))], dim=1)
+        s_out = model(inputs_embeds=seq, output_hidden_states=True)
+        s_pos = len(prompt) + 1 + 3 + 1 + len(a) - 1
+        entries = len(t_out.hidden_states)
+        assert entries == 3  # 2 blocks + the embedding output
+        per = [torch.nn.functional.smooth_l1_loss(s_out.hidden_states[j][0, s_pos], t_out.hidden_states[j][0, t_pos])
+               / t_out.hidden_states[j][0, t_pos].std() for j in range(entries)]
+        expected = float(sum(per) / entries)
+        logs = m.loss([ex], task).logs
+    assert logs["distill"] == pytest.approx(expected, rel=1e-4)
+    assert float(sum(per[1:]) / (entries - 1)) != pytest.approx(expected, rel=1e-3)  # blocks only would differ
+
+
 def test_teacher_text_drops_last_step_and_cuts_at_anchor() -> None:
     m, task = _codi(), _task()
     ex = task.load("train")[0]

@@ -8,8 +8,12 @@ One model plays two roles in one training step:
   projection(h) of the previous step's last hidden state (projection = 2-layer MLP + LayerNorm, trainable).
 
 loss = alpha * CE_student(answer phrase + answer) + beta * distill + gamma * CE_teacher(rationale + answer),
-distill = per-layer distance between the teacher's and the student's hidden states at the last token of the
-answer phrase (`distill_anchor`, located as a named span, never by index arithmetic), teacher detached.
+distill = the mean over every entry of the model's `hidden_states` (the embedding output and the L blocks' outputs:
+L+1 entries, as the official code) of a distance between the teacher's and the student's states at the last token
+of the answer phrase (`distill_anchor`, located as a named span, never by index arithmetic), teacher detached.
+The distance is by default the official code's smooth-L1 divided by the teacher's standard deviation
+(`distill_loss=smooth_l1_std`, the loss the papers' beta = 1 for GPT-2 and 20 for LLaMA were tuned with);
+`distill_loss=l1` is the plain per-layer L1 the paper's text describes.
 
 Better than the official code: attention masks and positions are kept right through the latent and answer steps
 under padding (left padding at generation through the Engine; right padding with masked gaps in training), and
@@ -46,7 +50,8 @@ class CODIConfig(SFTConfig):
     alpha: weight of the student's answer cross-entropy.
     beta: weight of the distillation loss (paper: 1 for GPT-2, 20 for LLaMA-1B).
     gamma: weight of the teacher's rationale + answer cross-entropy.
-    distill_loss: "l1" (the paper's per-layer L1) or "smooth_l1_std" (the official code: smooth-L1 / teacher std).
+    distill_loss: "smooth_l1_std" (default; the official code: smooth-L1 / the teacher's std, per hidden_states
+        entry) or "l1" (the plain per-layer L1 of the paper's text).
     distill_anchor: the text whose last token is the distillation position (default: the task's answer phrase,
         e.g. "The answer is" or "####"); it must occur in every teacher target.
     drop_last_step: leave the last rationale step out of the teacher's CoT (the paper does).
@@ -57,7 +62,7 @@ class CODIConfig(SFTConfig):
     alpha: float = 1.0
     beta: float = 1.0
     gamma: float = 1.0
-    distill_loss: str = "l1"
+    distill_loss: str = "smooth_l1_std"
     distill_anchor: str | None = None
     drop_last_step: bool = True
     proj_dim: int = 0
@@ -84,11 +89,11 @@ class Projection(nn.Module):
 
 
 def anchor_states(hidden_states: Sequence[torch.Tensor], spans: Sequence[dict], name: str) -> torch.Tensor:
-    """(L, B, d) hidden states of layers 1..L (the blocks' outputs; the embedding layer is left out) at the last
-    position of span `name` in each row."""
+    """(L+1, B, d): every entry of `hidden_states` (the embedding output, then the L blocks' outputs), as the
+    official code distils, at the last position of span `name` in each row."""
     pos = torch.tensor([sp[name][1] - 1 for sp in spans], device=hidden_states[0].device)  # (B,)
     rows = torch.arange(len(spans), device=pos.device)
-    return torch.stack([h[rows, pos] for h in hidden_states[1:]], dim=0)  # (L, B, d)
+    return torch.stack([h[rows, pos] for h in hidden_states], dim=0)  # (L+1, B, d)
 
 
 @register("codi")
@@ -144,6 +149,17 @@ class CODI(LatentMethod):
 
         return enc(text[:j]), enc(text[j:end]), enc(text[end:]) + ([eos] if eos is not None else [])
 
+    @staticmethod
+    def _units(parts: Sequence[tuple[list[int], list[int], list[int]]]) -> dict[str, float]:
+        """What each term's mean is over: the student's labelled tokens (anchor + answer), the teacher's (rationale +
+        anchor + answer), and rows (the distillation)."""
+        return {"student": float(sum(len(a) + len(y) for _, a, y in parts)),
+                "teacher": float(sum(len(r) + len(a) + len(y) for r, a, y in parts)), "rows": float(len(parts))}
+
+    def step_units(self, batches: Sequence[Sequence[Example]], task: Task) -> dict[str, float]:
+        totals = [self._units([self.pieces(ex, task) for ex in batch]) for batch in batches]
+        return {k: sum(t[k] for t in totals) for k in totals[0]}
+
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         cfg = self.cfg
         parts = [self.pieces(ex, task) for ex in examples]
@@ -156,16 +172,21 @@ class CODI(LatentMethod):
         tb = self.splice_rows(rows, padding_side="right")
         tout = self.backbone.forward(tb.inputs_embeds, tb.attention_mask, tb.position_ids, want_hidden=True)
         ce_teacher = lm_loss(tout.logits, tb.labels)
-        teacher_h = anchor_states(tout.hidden_states, tb.spans, "anchor")  # (L, B, d)
+        teacher_h = anchor_states(tout.hidden_states, tb.spans, "anchor")  # (L+1, B, d)
         # Student: [prompt, <bot>], N thoughts, [<eot>, anchor, answer] with the anchor and answer labelled.
         suffix = [[tokens([self.eot_id]), tokens(a, labels=True, name="anchor"), tokens(y, labels=True)]
                   for _, a, y in parts]
         ro = rollout(self.backbone, [self.prefix(ex, task) for ex in examples], [cfg.num_thoughts] * len(examples),
                      self.to_input, suffix, suffix_hidden=True)
         ce_student = lm_loss(ro.out.logits, ro.suffix.labels)
-        student_h = anchor_states(ro.out.hidden_states, ro.suffix.spans, "anchor")  # (L, B, d)
+        student_h = anchor_states(ro.out.hidden_states, ro.suffix.spans, "anchor")  # (L+1, B, d)
         distill = DISTILL_LOSSES[cfg.distill_loss](teacher_h, student_h)
-        loss = cfg.alpha * ce_student + cfg.beta * distill + cfg.gamma * ce_teacher
-        logs = {"loss": float(loss.detach()), "ce_student": float(ce_student.detach()),
+        loss = full = cfg.alpha * ce_student + cfg.beta * distill + cfg.gamma * ce_teacher
+        if self.step_totals is not None:  # gradient accumulation: this micro-batch's share of each term's step mean
+            own, tot = self._units(parts), self.step_totals
+            loss = (cfg.alpha * ce_student * own["student"] / tot["student"]
+                    + cfg.beta * distill * own["rows"] / tot["rows"]
+                    + cfg.gamma * ce_teacher * own["teacher"] / tot["teacher"])
+        logs = {"loss": float(full.detach()), "ce_student": float(ce_student.detach()),
                 "ce_teacher": float(ce_teacher.detach()), "distill": float(distill.detach())}
-        return LossOutput(loss, logs)
+        return LossOutput(loss, logs, weight=float(len(examples)))

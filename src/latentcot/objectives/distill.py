@@ -1,9 +1,10 @@
 """Distillation losses between teacher and student hidden states, as pure functions (CODI, Shen et al.,
 arXiv 2502.21074).
 
-Both take the hidden states of L layers at one aligned position per row, stacked (L, B, d). The teacher is
-detached here (stop-gradient), whatever the caller passes. Each layer contributes its mean over (B, d); the
-result is the mean over layers, as the official code (sum over layers / number of layers).
+Both take hidden states at one aligned position per row, one entry per layer, stacked (L, B, d) (CODI passes all
+L+1 entries of `hidden_states`, the embedding output included, as the official code). The teacher is detached
+here (stop-gradient), whatever the caller passes. Each entry contributes its mean over (B, d); the result is the
+mean over entries, as the official code (sum over entries / number of entries).
 """
 
 from __future__ import annotations
