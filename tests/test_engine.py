@@ -8,6 +8,7 @@ import torch
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
 from latentcot.errors import ConfigError, ModelError
+from latentcot.models.backbone import Backbone
 from latentcot.models.splice import positions_from_mask, splice, tokens, vectors
 
 PROMPTS = ["What is 2+3?", "A longer question about apples, pears and plums. How many fruits?", "Hi"]
@@ -153,3 +154,28 @@ def test_added_tokens_get_the_mean_row_and_leave_the_rng_alone(tiny):
     assert E.shape[0] == before_rows.shape[0] + 2 and ids == [before_rows.shape[0], before_rows.shape[0] + 1]
     torch.testing.assert_close(E[ids[0]], before_rows.mean(0))
     assert tiny.add_tokens(["<bot>"]) == ids[:1]  # already there: nothing added
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_added_tokens_get_the_mean_row_when_the_matrix_has_spare_rows(arch):
+    """Like Qwen2.5 (151,936 rows, 151,665 tokens): the new ids fall on untrained padding rows, which must become
+    the mean of the tokenizer's own rows (padding rows left out of the mean), without resizing."""
+    from latentcot.models.tiny import build_tiny
+    from latentcot.models.tokenizers import byte_level_tokenizer
+
+    tok = byte_level_tokenizer()
+    n = len(tok)
+    model = build_tiny(arch, n + 5)  # llama: untied output rows
+    with torch.no_grad():
+        model.get_input_embeddings().weight[n:] = 100.0  # spare rows: far from every real row
+        if arch == "llama":
+            model.get_output_embeddings().weight[n:] = -100.0
+    bb = Backbone(model, tok, f"tiny-{arch}-spare")
+    real_in = model.get_input_embeddings().weight[:n].detach().clone()
+    real_out = model.get_output_embeddings().weight[:n].detach().clone()
+    ids = bb.add_tokens(["<bot>", "<eot>"])
+    assert ids == [n, n + 1] and bb.embedding_matrix.shape[0] == n + 5  # the spare rows are used, no resize
+    for i in ids:
+        torch.testing.assert_close(bb.embedding_matrix[i], real_in.mean(0))
+        torch.testing.assert_close(model.get_output_embeddings().weight[i], real_out.mean(0))
+    assert (bb.embedding_matrix[n + 2 :] == 100.0).all()  # the other spare rows are untouched

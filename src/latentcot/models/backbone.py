@@ -136,26 +136,32 @@ class Backbone(nn.Module):
     def add_tokens(self, tokens: Sequence[str]) -> list[int]:
         """Ids of `tokens`, adding the missing ones as special tokens.
 
-        New embedding rows (input, and output when untied) are set to the mean of the existing rows, the same in
-        every process and without touching the global RNG: a frozen added token is never saved with the trained
-        weights, so a later process must rebuild exactly the same row.
+        Each new token's embedding row (input, and output when untied) is set to the mean of the rows of the tokens
+        the tokenizer already had, the same in every process and without touching the global RNG: a frozen added
+        token is never saved with the trained weights, so a later process must rebuild exactly the same row. This
+        holds also when the matrix already has more rows than the tokenizer has tokens (Qwen2.5: 151,936 rows for
+        151,665 tokens): the new ids then land on unused padding rows, which are overwritten; the padding rows
+        never enter the mean.
         """
         missing = [t for t in tokens if t not in self.tokenizer.get_vocab()]
         if missing:
+            known = sorted(set(self.tokenizer.get_vocab().values()))  # ids of the tokens there before
             self.tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-            old = self.model.get_input_embeddings().weight.shape[0]
-            if len(self.tokenizer) > old:
+            new_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in missing]
+            rows = self.model.get_input_embeddings().weight.shape[0]
+            if max(new_ids) >= rows:
                 with torch.random.fork_rng(devices=[]):  # resizing initialises new rows from the global RNG
-                    self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
-                with torch.no_grad():
-                    outs = self.model.get_output_embeddings()
-                    for emb in {id(m): m for m in (self.model.get_input_embeddings(), outs) if m is not None}.values():
-                        w = emb.weight  # (V_new, d)
-                        if w.shape[0] > old:
-                            w[old:] = w[:old].mean(0)
-                        bias = getattr(emb, "bias", None)
-                        if bias is not None and bias.shape[0] > old:
-                            bias[old:] = bias[:old].mean()
+                    self.model.resize_token_embeddings(max(len(self.tokenizer), max(new_ids) + 1), mean_resizing=False)
+            with torch.no_grad():
+                outs = self.model.get_output_embeddings()
+                for emb in {id(m): m for m in (self.model.get_input_embeddings(), outs) if m is not None}.values():
+                    w = emb.weight  # (V_rows, d)
+                    have = torch.tensor([i for i in known if i < w.shape[0]], device=w.device)
+                    new = torch.tensor(new_ids, device=w.device)
+                    w[new] = w[have].mean(0)
+                    bias = getattr(emb, "bias", None)
+                    if bias is not None:
+                        bias[new] = bias[have].mean()
         return [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
 
     # --- text --------------------------------------------------------------------------------------------------
