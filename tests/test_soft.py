@@ -18,6 +18,7 @@ from latentcot.models.soft import (
     add_gaussian_noise,
     dense_mixture,
     dirichlet_perturb,
+    dirichlet_top_k,
     embedding_scale,
     entropy,
     gaussian_log_density,
@@ -91,6 +92,43 @@ def test_dirichlet_stays_on_support_and_concentrates():
     assert (d[w == 0] == 0).all() and (d >= 0).all()
     big = torch.stack([dirichlet_perturb(w, 1e5, _rand(2, s)) for s in range(3)]).mean(0)
     torch.testing.assert_close(big, w, atol=5e-3, rtol=0)
+
+
+class _FixedGamma:
+    """A stand-in for RowRandom whose Gamma draws are given by hand (row-major, over the columns it is asked for)."""
+
+    def __init__(self, draws: torch.Tensor) -> None:
+        self.draws = draws
+
+    def gamma(self, conc: torch.Tensor) -> torch.Tensor:
+        return self.draws[:, : conc.shape[-1]].clone()
+
+
+def test_dirichlet_before_top_k_cut_hand_computed():
+    # probs sorted: 0.4 0.3 0.2 0.05 0.05; top_p=0.85 keeps the first three (mass before 0.2 is 0.7 < 0.85; before
+    # the 4th it is 0.9 >= 0.85, dropped). Gamma draws for those three: 0.1, 0.5, 0.9 -> Dir sample (0.1, 0.5, 0.9) / 1.5.
+    probs = torch.tensor([[0.05, 0.3, 0.05, 0.4, 0.2]])  # token ids by probability: 3, 1, 4, 0 / 2
+    rand = _FixedGamma(torch.tensor([[0.1, 0.5, 0.9, 7.0, 7.0]]))
+    w, ids = dirichlet_top_k(probs, 2, 0.85, 0.0, 1.0, rand)
+    # official order: the top-2 of the noisy distribution are token 4 (0.9/1.5) and token 1 (0.5/1.5), renormalised
+    torch.testing.assert_close(w, torch.tensor([[0.9 / 1.4, 0.5 / 1.4]]))
+    assert ids.tolist() == [[4, 1]]
+    # the other order cuts to the top 2 (tokens 3, 1) first: token 4 can never enter
+    w2, ids2 = top_k_filtered(probs, 2, 0.85, 0.0)
+    w2 = dirichlet_perturb(w2, 1.0, rand)
+    torch.testing.assert_close(w2, torch.tensor([[0.1 / 0.6, 0.5 / 0.6]]))
+    assert ids2.tolist() == [[3, 1]]
+
+
+def test_dirichlet_before_top_k_real_draws_stay_in_nucleus():
+    probs = torch.softmax(torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 3, dim=-1)
+    w, ids = dirichlet_top_k(probs, 4, 0.8, 0.0, 1.0, _rand(3))
+    torch.testing.assert_close(w.sum(-1), torch.ones(3))
+    assert (w[:, :-1] >= w[:, 1:]).all()
+    full = filter_probs(torch.log(probs), 1.0, top_p=0.8)
+    assert all(full[b, ids[b][w[b] > 0]].gt(0).all() for b in range(3))  # only nucleus tokens are mixed
+    again, _ = dirichlet_top_k(probs, 4, 0.8, 0.0, 1.0, _rand(3))
+    torch.testing.assert_close(w, again)  # the row streams make it reproducible
 
 
 def test_noise_sigma_and_empirical_std(tiny):
@@ -275,6 +313,7 @@ def test_config_errors_name_the_field(tiny):
         ("soft_thinking", {"soft_top_k": 0}, "soft_top_k"),
         ("soft_thinking", {"gumbel_tau": 0}, "gumbel_tau"),
         ("soft_thinking", {"dirichlet_gamma": -1}, "dirichlet_gamma"),
+        ("soft_thinking", {"dirichlet_order": "middle"}, "dirichlet_order"),
         ("soft_thinking", {"think_temperature": 0}, "think_temperature"),
         ("soft_thinking", {"randomness": "uniform"}, "randomness"),
         ("soft_thinking", {"think_end": "  "}, "think_end"),

@@ -3,7 +3,8 @@ single-threaded reasoners", arXiv 2508.03440), training-free.
 
 During thinking the next input is not a sampled token but the probability-weighted mixture of the top-k token
 embeddings, e_t = sum_k p_k E[k], with p after temperature / top-p / min-p (`think_*` fields, `soft_top_k`).
-`randomness=dirichlet` (p' ~ Dir(gamma p)) or `randomness=gumbel` (p' = softmax((log p + g) / tau)) makes the
+`randomness=dirichlet` (p' ~ Dir(gamma p), by default on the filtered distribution before the top-k cut, where the
+official code applies it; `dirichlet_order`) or `randomness=gumbel` (p' = softmax((log p + g) / tau)) makes the
 soft inputs stochastic, the fix the second paper proposes for soft inputs that behave like greedy decoding.
 
 Thinking ends, per row, when the top-1 tokens of the soft trace spell the end-of-thinking marker `think_end`
@@ -33,6 +34,7 @@ from latentcot.methods.base import register
 from latentcot.methods.thinking import ThinkingConfig, ThinkingMethod, check_marker
 from latentcot.models.soft import (
     dirichlet_perturb,
+    dirichlet_top_k,
     entropy,
     gumbel_noise,
     gumbel_softmax,
@@ -56,6 +58,8 @@ class SoftThinkingConfig(ThinkingConfig):
     cold_stop_steps: consecutive low-entropy steps that stop thinking (0 = Cold Stop off).
     randomness: none | dirichlet | gumbel (Stochastic Soft Thinking).
     dirichlet_gamma: Dirichlet concentration scale gamma in Dir(gamma p).
+    dirichlet_order: "before_top_k" (the official code: noise on the whole top-p / min-p filtered distribution,
+        then the top-k cut) or "after_top_k" (the top-k cut first, noise on the k kept weights).
     gumbel_tau: Gumbel-Softmax temperature (paper: 0.5).
     """
 
@@ -67,6 +71,7 @@ class SoftThinkingConfig(ThinkingConfig):
     cold_stop_steps: int = 64
     randomness: str = "none"
     dirichlet_gamma: float = 1.0
+    dirichlet_order: str = "before_top_k"
     gumbel_tau: float = 0.5
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class SoftThinkingConfig(ThinkingConfig):
         check(self.randomness in RANDOMNESS, "randomness", f"must be one of {', '.join(RANDOMNESS)}, got {self.randomness!r}")
         check(self.dirichlet_gamma > 0, "dirichlet_gamma", f"must be > 0, got {self.dirichlet_gamma}")
         check(self.gumbel_tau > 0, "gumbel_tau", f"must be > 0, got {self.gumbel_tau}")
+        check(self.dirichlet_order in ("before_top_k", "after_top_k"), "dirichlet_order",
+              f"must be 'before_top_k' (official) or 'after_top_k', got {self.dirichlet_order!r}")
 
 
 @register("soft_thinking")
@@ -98,8 +105,11 @@ class SoftThinking(ThinkingMethod):
     def think_inputs(self, logits: torch.Tensor, rand: RowRandom | None, gen: GenerationConfig) -> ThoughtInputs:
         c: SoftThinkingConfig = self.cfg
         probs = token_probs(logits, c.think_temperature)  # (n, V)
-        w, ids = top_k_filtered(probs, c.soft_top_k, c.think_top_p, c.think_min_p)  # (n, k) each
-        if c.randomness == "dirichlet":
+        if c.randomness == "dirichlet" and c.dirichlet_order == "before_top_k":
+            w, ids = dirichlet_top_k(probs, c.soft_top_k, c.think_top_p, c.think_min_p, c.dirichlet_gamma, rand)
+        else:
+            w, ids = top_k_filtered(probs, c.soft_top_k, c.think_top_p, c.think_min_p)  # (n, k) each
+        if c.randomness == "dirichlet" and c.dirichlet_order == "after_top_k":
             w = dirichlet_perturb(w, c.dirichlet_gamma, rand)
         elif c.randomness == "gumbel":
             w = gumbel_softmax(w, c.gumbel_tau, gumbel_noise(rand, w.shape[-1]))

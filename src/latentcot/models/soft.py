@@ -109,6 +109,32 @@ def dirichlet_perturb(weights: torch.Tensor, gamma: float, rand: RowRandom) -> t
     return torch.where(total > 0, draws / total.clamp_min(1e-30), weights.float())
 
 
+def dirichlet_top_k(
+    probs: torch.Tensor, k: int, top_p: float, min_p: float, gamma: float, rand: RowRandom
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dirichlet noise where the official Soft Thinking code applies it: p' ~ Dir(gamma * p) over the whole
+    filtered distribution (top-p, min-p), then the top-k cut of p', renormalised.
+
+    A token outside p's top k but inside its nucleus can therefore enter the mixture. (`dirichlet_perturb` on
+    `top_k_filtered`'s weights is the other order: the top-k cut first, noise on the k kept weights.)
+
+    Args:
+        probs: (B, V) probabilities (after temperature).
+        k: tokens mixed (>= 1).
+        top_p, min_p: the filters, as `top_k_filtered`.
+        gamma: concentration scale.
+        rand: one stream per row.
+    Returns:
+        weights (B, k) sorted descending, summing to 1, and their token ids (B, k).
+    """
+    w, ids = top_k_filtered(probs, probs.shape[-1], top_p, min_p)  # (B, V) each: the sorted filtered distribution
+    width = max(k, int((w > 0).sum(-1).max()))  # the widest support; every later slot is 0 in every row
+    w, ids = w[:, :width], ids[:, :width]  # (B, S)
+    noisy = dirichlet_perturb(w, gamma, rand)  # (B, S), zero off the support
+    top, pos = torch.topk(noisy, min(k, width), dim=-1)  # (B, k) each
+    return top / top.sum(-1, keepdim=True), ids.gather(-1, pos)
+
+
 def gumbel_noise(rand: RowRandom, k: int) -> torch.Tensor:
     """(B, k) standard Gumbel draws -log(-log u), row b from its own stream."""
     u = rand.uniform(k).clamp(1e-10, 1.0 - 1e-7)  # (B, k)
