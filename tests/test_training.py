@@ -78,3 +78,25 @@ def test_lr_schedule():
     assert lr_factor(1, 10, 2, "linear") == 1.0
     assert lr_factor(10, 10, 0, "linear") == 0.0
     assert abs(lr_factor(5, 10, 0, "cosine") - 0.5) < 1e-9
+
+
+def test_grad_accumulation_4x1_equals_1x4_for_coconut_and_codi(tmp_path, arith_task):
+    """Coconut (token-weighted, like cot_sft) and CODI (each term normalised by the step's totals: student tokens,
+    teacher tokens, rows): 4 accumulated micro-batches of 1 give the gradient of one batch of 4.
+
+    CODI is checked with distill_loss=l1: smooth_l1_std divides by the teacher's std over the micro-batch's rows
+    (as the official code does per batch), which no accumulation can reproduce exactly."""
+    examples = arith_task.load("train")[:4]
+    cases = {"coconut": {"max_stage": 1, "start_stage": 1, "thoughts_per_step": 2},
+             "codi": {"num_thoughts": 2, "distill_loss": "l1", "distill_anchor": "The answer is"}}
+    for name, settings in cases.items():
+        grads = []
+        for bs, accum in ((4, 1), (1, 4)):
+            torch.manual_seed(0)
+            m = _method(name, **settings)
+            cfg = TrainConfig(lr=1e-2, max_steps=1, train_batch_size=bs, grad_accum=accum, max_grad_norm=0)
+            train(m, arith_task, examples, cfg, tmp_path / f"{name}-{bs}x{accum}", seed=0, progress=False)
+            grads.append({n: p.grad.clone() for n, p in m.trainable_parameters() if p.grad is not None})
+        assert grads[0].keys() == grads[1].keys() and grads[0]
+        for k in grads[0]:
+            torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-4, msg=f"{name}: {k}")

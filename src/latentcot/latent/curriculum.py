@@ -39,6 +39,17 @@ class Curriculum:
         n = self.max_stage - self.start_stage + 1
         return self.start_stage + min(step * n // max(1, total), n - 1)
 
+    def stage_window(self, step: int, total: int) -> tuple[int, int]:
+        """(first step, number of steps) of the stage that optimizer step `step` trains."""
+        i = self.stage_at(step, total) - self.start_stage
+        if self.stage_steps > 0:
+            first = i * self.stage_steps
+            last = total if self.start_stage + i == self.max_stage else min(total, first + self.stage_steps)
+        else:  # step s is in stage i iff s * n // total == i, i.e. ceil(i * total / n) <= s < ceil((i+1) * total / n)
+            n = self.max_stage - self.start_stage + 1
+            first, last = -(-i * total // n), -(-(i + 1) * total // n)
+        return first, max(1, last - first)
+
     def stage_changes(self, step: int, total: int) -> bool:
         return step > 0 and self.stage_at(step, total) != self.stage_at(step - 1, total)
 

@@ -77,6 +77,7 @@ class Method(nn.Module):
     # True where this class's `generate` hands every decode to `self.generator` as plain prompts, so another
     # backend (vLLM) can serve it. A subclass that overrides `generate` must say so again.
     plain_prompts: ClassVar[bool] = True
+    step_totals: dict[str, float] | None = None  # set by the training loop from `step_units` around each step
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone) -> None:
         super().__init__()
@@ -137,6 +138,22 @@ class Method(nn.Module):
 
     def finish_training(self, out_dir: Any) -> None:
         """Called by `latentcot train` after the loop ends (e.g. to draw the run's curves)."""
+
+    def step_units(self, batches: Sequence[Sequence[Example]], task: Task) -> dict[str, float] | None:
+        """Step-wide normalisers, counted from the micro-batches of one optimizer step before any forward, for a
+        loss whose terms are means over different units (CODI: student tokens, teacher tokens, rows).
+
+        The training loop stores them in `self.step_totals` while the step runs; `loss` then returns its
+        micro-batch's share of the step's mean, so k accumulated micro-batches give exactly the gradient of one
+        batch k times larger. None (the default): the loop weights each micro-batch's mean by `LossOutput.weight`.
+        """
+        return None
+
+    def schedule_window(self, step: int, total_steps: int) -> tuple[int, int]:
+        """(first step, length) of the learning-rate cycle that optimizer step `step` belongs to: the training loop
+        applies warmup and the schedule within it. Default: one cycle over the whole run; a curriculum may restart
+        the cycle at every stage."""
+        return 0, total_steps
 
     def sft_loss(self, rows: Sequence[Sequence[Piece]]) -> LossOutput:
         """LM loss on the labelled pieces of right-padded rows, one forward."""

@@ -22,7 +22,7 @@ from latentcot.latent.curriculum import Curriculum, split_rationale, without_fir
 from latentcot.latent.rollout import Rollout, forward, rollout, think
 from latentcot.methods.base import LossOutput, register
 from latentcot.methods.latent import BOT, EOT, CurriculumConfig, CurriculumMethod, LatentMethod
-from latentcot.models.splice import tokens
+from latentcot.models.splice import IGNORE, tokens
 from latentcot.objectives.lm import lm_loss
 from latentcot.tasks.base import Example, Task
 
@@ -42,4 +42,5 @@ class Coconut(CurriculumMethod):
                      self.to_input, suffix)
         loss = lm_loss(ro.out.logits, ro.suffix.labels)
         stage = self.curriculum.stage_at(self._step, self._total)
-        return LossOutput(loss, {"loss": float(loss.detach()), "stage": float(stage)})
+        n = int((ro.suffix.labels[:, 1:] != IGNORE).sum())  # the tokens the mean is over: accumulation weights by them
+        return LossOutput(loss, {"loss": float(loss.detach()), "stage": float(stage)}, weight=float(max(n, 1)))

@@ -37,6 +37,8 @@ class CurriculumConfig(SFTConfig):
         stage_steps: optimizer steps per stage (0 = the run's steps split evenly over the stages).
         mix_prob: probability that an example is trained at a uniformly drawn earlier stage instead.
         reset_optimizer: fresh optimizer state at every stage change (the paper does).
+        stage_schedule: restart the learning-rate warmup and schedule at every stage (off: one schedule over the
+            whole run, as the official code's constant learning rate).
         num_thoughts: thoughts at evaluation (default max_stage * thoughts_per_step).
         short_rationale: an example with fewer steps than its stage: "error" (ConfigError naming it) or
             "remove_all" (all its steps removed, still stage*c thoughts, as the official code for GSM8k).
@@ -48,6 +50,7 @@ class CurriculumConfig(SFTConfig):
     stage_steps: int = 0
     mix_prob: float = 0.0
     reset_optimizer: bool = True
+    stage_schedule: bool = False
     num_thoughts: int | None = None
     short_rationale: str = "error"
 
@@ -140,6 +143,11 @@ class CurriculumMethod(LatentMethod):
     def begin_step(self, step: int, total_steps: int) -> bool:
         self._step, self._total = step, total_steps
         return self.cfg.reset_optimizer and self.curriculum.stage_changes(step, total_steps)
+
+    def schedule_window(self, step: int, total_steps: int) -> tuple[int, int]:
+        if self.cfg.stage_schedule:
+            return self.curriculum.stage_window(step, total_steps)
+        return 0, total_steps
 
     def plan(self, ex: Example, task: Task) -> tuple[int, list[int]]:
         """(thoughts, target ids of the remaining text) of one training example at the current step."""

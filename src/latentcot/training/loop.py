@@ -211,29 +211,42 @@ def train(
         if method.begin_step(step, total):
             opt = rt.optimizer(make_optimizer(method, cfg))
             log.info("optimizer reset at step %d", step)
-        factor = lr_factor(step, total, cfg.warmup_steps, cfg.schedule)
+        first, length = method.schedule_window(step, total)
+        factor = lr_factor(step - first, length, cfg.warmup_steps, cfg.schedule)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * factor
         opt.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         total_weight = 0.0
-        for j in range(cfg.grad_accum):
+        batches = []
+        for _ in range(cfg.grad_accum):
             span = micro * rt.world  # one micro-batch of every process
             if pos + span > n:
                 epoch, pos = epoch + 1, 0
                 order = epoch_order(n, epoch, seed)
             mine = pos + rt.rank * micro
-            batch = [examples[i] for i in order[mine : mine + micro]]
+            batches.append([examples[i] for i in order[mine : mine + micro]])
             pos += span
+        # A loss whose terms are means over different units (CODI) is normalised by the step's totals over every
+        # process, counted before any forward; each micro-batch's loss is then its share of the step's mean.
+        units = method.step_units(batches, task)
+        if units is not None:
+            unit_keys = sorted(units)
+            units = dict(zip(unit_keys, rt.sum([units[k] for k in unit_keys])))
+        method.step_totals = units
+        for j, batch in enumerate(batches):
             with rt.no_sync(model, skip=j < cfg.grad_accum - 1):
                 out = model(batch, task)  # Method.forward (through DDP / FSDP when launched)
-                rt.backward(out.loss * out.weight)
+                rt.backward(out.loss * out.weight if units is None else out.loss)
             total_weight += out.weight
             for k, v in out.logs.items():
                 logs[k] = logs.get(k, 0.0) + v * out.weight
+        method.step_totals = None
         keys = sorted(logs)
         sums = rt.sum([total_weight] + [logs[k] for k in keys])  # over processes
         total_weight, logs = sums[0], {k: v / sums[0] for k, v in zip(keys, sums[1:])}
+        if units is not None:
+            total_weight = 1.0  # the shares already sum to the step's mean
         params = [p for _, p in method.trainable_parameters()]
         rt.unscale(opt)
         # The all-reduce averaged the processes' sums over their micro-batches of weighted means; x P / total
