@@ -27,7 +27,7 @@ def test_scratch_alias_parses_and_builds() -> None:
         load_model("scratch-gpt2-d32-l1:gsm8k")
 
 
-@pytest.mark.parametrize("task_name,opts", [("pointer_chase", {}), ("pointer_chase2", {}),
+@pytest.mark.parametrize("task_name,opts", [("pointer_chase", {}), ("pointer_chase2", {}), ("pointer_chase2", {"step_format": "pair"}),
                                            ("pointer_chase2", {"step_format": "sep"})])
 def test_task_tokenizer_covers_every_word_and_round_trips(task_name: str, opts: dict) -> None:
     model, tok = load_model(f"scratch-gpt2-d32-l1:{task_name}" + "".join(f",{k}={v}" for k, v in opts.items()))

@@ -17,6 +17,7 @@ NAMES = ["pointer_chase", "pointer_chase2", "arith_chain", "multiplication", "pr
 # Every task, plus the settings that change its vocabulary or step format.
 VARIANTS = [(n, {}) for n in NAMES] + [
     ("pointer_chase2", {"step_format": "sep"}),
+    ("pointer_chase2", {"step_format": "pair"}),
     ("pointer_chase", {"num_nodes": 30, "k": 6}),
     ("arith_chain", {"modulus": 23, "ops": "+*"}),
     ("multiplication", {"num_digits": 2}),
@@ -106,7 +107,7 @@ def test_pointer_chase_rationale_follows_table():
         assert list(ex.steps) == path and ex.answer == path[-1]
 
 
-@pytest.mark.parametrize("fmt", ["digits", "sep"])
+@pytest.mark.parametrize("fmt", ["digits", "sep", "pair"])
 def test_pointer_chase2_same_problems_twice_the_cot_tokens(fmt):
     one, two = task("pointer_chase").load("train"), task("pointer_chase2", step_format=fmt).load("train")
     for a, b in zip(one, two):
@@ -114,8 +115,12 @@ def test_pointer_chase2_same_problems_twice_the_cot_tokens(fmt):
         assert len(b.steps) == len(a.steps)
         assert len(b.rationale.split()) == 2 * len(a.rationale.split())
         assert all(len(s.split()) == 2 for s in b.steps)
-        for node, step in zip(a.steps, b.steps):
+        start = a.question.split()[-1]
+        for prev, node, step in zip([start, *a.steps[:-1]], a.steps, b.steps):
             x, y = step.split()
+            if fmt == "pair":  # the node the step starts from, then the node it reaches
+                assert (x, y) == (prev, node)
+                continue
             assert (f"n{int(x[1:]) * 10 + int(y[1:])}" if fmt == "digits" else x) == node
             assert fmt == "digits" or y == ";"
 

@@ -70,6 +70,9 @@ class DemoSettings:
     batch: int = 64
     lr: float = 1e-3
     codi_lr: float = 3e-4
+    stage_lr: float | None = None
+    optim: dict[str, Any] = field(default_factory=dict)
+    stage_schedule: bool = False
     methods: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
         "pointer_chase": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
         "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "soft_thinking"),
@@ -115,12 +118,13 @@ def arms(s: DemoSettings, task: str) -> list[Arm]:
     _register_all()
     stage = s.stage_steps.get(task, max(s.stage_steps.values()))
     sft = s.sft_steps.get(task, max(s.sft_steps.values()))
-    curriculum = {"max_stage": s.k, "start_stage": 1, "thoughts_per_step": 1, "stage_steps": stage}
+    curriculum = {"max_stage": s.k, "start_stage": 1, "thoughts_per_step": 1, "stage_steps": stage,
+                  **({"stage_schedule": True} if s.stage_schedule else {})}
     out = [
         Arm("no_cot_sft", {}, sft),
         Arm("cot_sft", {}, sft),
-        Arm("coconut", curriculum, stage * s.k, "cot_sft"),
-        Arm("pause", curriculum, stage * s.k, "cot_sft"),
+        Arm("coconut", curriculum, stage * s.k, "cot_sft", s.stage_lr),
+        Arm("pause", curriculum, stage * s.k, "cot_sft", s.stage_lr),
         Arm("codi", {"num_thoughts": s.k}, s.codi_steps.get(task, max(s.codi_steps.values())), "cot_sft", s.codi_lr),
     ]
     if "soft_thinking" in METHODS:
@@ -154,7 +158,7 @@ def arm_key(s: DemoSettings, task_name: str, arm: Arm, out: Path) -> dict[str, A
     train: dict[str, Any] = {
         "model": s.model(task_name), "k": s.k, "num_nodes": s.num_nodes, "num_train": s.num_train, "seed": s.seed,
         "settings": arm.settings, "steps": arm.steps, "lr": arm_lr(s, arm) if arm.steps else None,
-        "batch": s.batch if arm.steps else None,
+        "batch": s.batch if arm.steps else None, "optim": s.optim if arm.steps else None,
     }
     if arm.init_from:
         parent = out / task_name / arm.init_from / KEY_FILE
@@ -201,7 +205,7 @@ def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool
     }
     if arm.steps:
         values.update({"max_steps": arm.steps, "train_batch_size": s.batch, "lr": arm_lr(s, arm), "log_every": 25,
-                       "save_every": 200})
+                       "save_every": 200, **s.optim})
     res = resolve(values)
     fresh_run(run_dir, arm_key(s, task_name, arm, out), f"{task_name}/{arm.method}")
     torch.manual_seed(s.seed)

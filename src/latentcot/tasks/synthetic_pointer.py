@@ -9,7 +9,8 @@ permutation has short cycles).
 
 `pointer_chase2` asks the same problems (same seed -> same questions and answers) but writes each CoT step as two
 tokens, so one continuous thought replacing one step compresses the reasoning (k latents for 2k CoT tokens):
-`digits` writes node 7 as `d0 d7` (both tokens carry information), `sep` as `n7 ;`. The answer stays one token.
+`digits` writes node 7 as `d0 d7` (both tokens carry information), `sep` as `n7 ;`, `pair` as the node the step
+starts from and the node it reaches (`n3 n7`: the step from n3 to f(n3) = n7). The answer stays one token.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class PointerChase(SyntheticTask):
     def _node_names(self) -> list[str]:
         return [f"n{i}" for i in range(self.cfg.num_nodes)]
 
-    def _step(self, node: int) -> str:
+    def _step(self, node: int, prev: int) -> str:
+        """The text of the step that goes from node `prev` to node `node` = f(prev)."""
         return f"n{node}"
 
     def _sample(self, rng: np.random.Generator, count: int) -> list[Candidate]:
@@ -72,7 +74,7 @@ class PointerChase(SyntheticTask):
         out: list[Candidate] = []
         for table, s, path in zip(tables.tolist(), starts.tolist(), visited.tolist()):
             question = " ".join([names[v] for v in table]) + f" {QUERY} {names[s]}"
-            steps = tuple(self._step(v) for v in path)
+            steps = tuple(self._step(v, p) for v, p in zip(path, [s, *path[:-1]]))
             out.append((question, steps, names[path[-1]], {"table": table, "start": s, "path": path}))
         return out
 
@@ -88,7 +90,8 @@ class PointerChase2Config(PointerChaseConfig):
     """Settings of pointer_chase2.
 
     Attributes:
-        step_format: "digits" (node 7 -> `d0 d7`, tens then units; needs num_nodes <= 100) or "sep" (`n7 ;`).
+        step_format: "digits" (node 7 -> `d0 d7`, tens then units; needs num_nodes <= 100), "sep" (`n7 ;`) or
+            "pair" (the step from n3 to n7 -> `n3 n7`).
     """
 
     step_format: str = "digits"
@@ -97,8 +100,8 @@ class PointerChase2Config(PointerChaseConfig):
         super().__post_init__()
         from latentcot.config import check
 
-        check(self.step_format in ("digits", "sep"), "task.step_format",
-              f"must be 'digits' or 'sep', got {self.step_format!r}")
+        check(self.step_format in ("digits", "sep", "pair"), "task.step_format",
+              f"must be 'digits', 'sep' or 'pair', got {self.step_format!r}")
         if self.step_format == "digits":
             check(self.num_nodes <= 100, "task.num_nodes",
                   f"must be <= 100 with step_format=digits, got {self.num_nodes}")
@@ -113,11 +116,13 @@ class PointerChase2(PointerChase):
     name = "pointer_chase2"
     salt = 1  # same problems as pointer_chase
 
-    def _step(self, node: int) -> str:
+    def _step(self, node: int, prev: int) -> str:
         if self.cfg.step_format == "digits":
             return f"d{node // 10} d{node % 10}"
+        if self.cfg.step_format == "pair":
+            return f"n{prev} n{node}"
         return f"n{node} ;"
 
     def vocabulary(self) -> list[str]:
-        extra = [f"d{i}" for i in range(10)] if self.cfg.step_format == "digits" else [";"]
+        extra = {"digits": [f"d{i}" for i in range(10)], "sep": [";"], "pair": []}[self.cfg.step_format]
         return super().vocabulary() + extra

@@ -1,0 +1,79 @@
+"""The demo study: which settings let Coconut compress 2-token steps into one continuous thought each?
+
+Trains the demo's `cot_sft` on pointer_chase2 (4 hops), then `coconut` from it (stages 1..4, one thought per
+step), with the settings given, and prints accuracy, decode steps, the loss at the end of each stage and the CPU
+seconds. Each setting gets its own directory under --out, so the runs are reused when repeated.
+
+    # the demo's former settings: `n7 ;` steps, constant lr 1e-3, AdamW defaults, 200 steps per stage
+    python recipes/demo_study.py --format sep --sft-steps 1200 --stage-steps 200 --plain
+    # the prototype's settings (SPEC section 3): `cur nxt` steps, lr 2e-3 / 1e-3, warmup + cosine per stage
+    python recipes/demo_study.py --format pair --sft-steps 600 --stage-steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from latentcot.demo import DemoSettings, arms, run_arm
+
+PROTOTYPE_OPTIM = {"weight_decay": 0.01, "adam_beta2": 0.98, "schedule": "cosine"}
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--format", default="pair", choices=["sep", "digits", "pair"], help="pointer_chase2 step format")
+    p.add_argument("--sft-steps", type=int, default=600)
+    p.add_argument("--sft-lr", type=float, default=2e-3)
+    p.add_argument("--stage-steps", type=int, default=300)
+    p.add_argument("--stage-lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=30, help="warmup steps (of the run, or of each stage)")
+    p.add_argument("--plain", action="store_true", help="the demo's former optimizer: constant lr, AdamW defaults, "
+                   "no warmup, one schedule over the whole curriculum")
+    p.add_argument("--methods", default="cot_sft,coconut", help="arms to run, in order (cot_sft first)")
+    p.add_argument("--eval-questions", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/demo-study")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    optim = {} if a.plain else {**PROTOTYPE_OPTIM, "warmup_steps": a.warmup}
+    s = dataclasses.replace(
+        DemoSettings(), tasks=("pointer_chase2",), lr=a.sft_lr, stage_lr=a.stage_lr, optim=optim,
+        stage_schedule=not a.plain, sft_steps={"pointer_chase2": a.sft_steps},
+        stage_steps={"pointer_chase2": a.stage_steps}, eval_questions=a.eval_questions, seed=a.seed,
+        task_settings={"pointer_chase2": {"step_format": a.format}},
+    )
+    tag = (f"{a.format}-sft{a.sft_steps}@{a.sft_lr:g}-stage{a.stage_steps}@{a.stage_lr:g}"
+           f"-{'plain' if a.plain else f'proto-w{a.warmup}'}-s{a.seed}")
+    out = Path(a.out) / tag
+    by_name = {arm.method: arm for arm in arms(s, "pointer_chase2")}
+    for name in a.methods.split(","):
+        c0, t0 = cpu_seconds(), time.time()
+        row = run_arm(s, "pointer_chase2", by_name[name], out, progress=False)
+        losses = []
+        log = out / "pointer_chase2" / name / "train_log.jsonl"
+        if log.is_file() and name != "cot_sft":
+            rows = [json.loads(x) for x in log.read_text().splitlines()]
+            ends = {int(r["stage"]): r["loss"] for r in rows if "stage" in r}
+            losses = [f"stage {k}: {v:.3f}" for k, v in sorted(ends.items())]
+        elif log.is_file():
+            rows = [json.loads(x) for x in log.read_text().splitlines() if "loss" in x]
+            losses = [f"step {r['step']}: {r['loss']:.3f}" for r in rows if r["step"] % 100 == 0]
+        print(f"{tag} {name}: accuracy {row['accuracy']:.1f}%, decode steps {row['decode_steps']:.1f}, "
+              f"{time.time() - t0:.0f} s wall, {cpu_seconds() - c0:.0f} s CPU; final losses {', '.join(losses)}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
