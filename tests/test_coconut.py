@@ -96,8 +96,8 @@ def test_training_rollout_equals_naive_recompute_with_gradients(arch: str) -> No
 
 def test_curriculum_schedule_table() -> None:
     cur = Curriculum(thoughts_per_step=2, max_stage=3, stage_steps=5)
-    assert [cur.stage_at(s, 30) for s in range(22)] == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 7
-    assert [s for s in range(1, 30) if cur.stage_changes(s, 30)] == [5, 10, 15]
+    assert [cur.stage_at(s, 30) for s in range(22)] == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5 + [4] * 2
+    assert [s for s in range(1, 30) if cur.stage_changes(s, 30)] == [5, 10, 15, 20]
     table = cur.table(20, ("a", "b", "c", "d"))
     assert [(r["stage"], r["first_step"], r["last_step"], r["thoughts"], r["remaining"]) for r in table] == [
         (0, 0, 4, 0, ["a", "b", "c", "d"]),
@@ -105,8 +105,50 @@ def test_curriculum_schedule_table() -> None:
         (2, 10, 14, 4, ["c", "d"]),
         (3, 15, 19, 6, ["d"]),
     ]
-    even = Curriculum(thoughts_per_step=1, max_stage=3, start_stage=1)  # stage_steps=0: split the run evenly
+    even = Curriculum(thoughts_per_step=1, max_stage=3, start_stage=1, final_stage=False)  # split the run evenly
     assert [even.stage_at(s, 9) for s in range(9)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    with_final = Curriculum(thoughts_per_step=1, max_stage=3, start_stage=1)
+    assert [with_final.stage_at(s, 8) for s in range(8)] == [1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_gsm8k_schedule_c2_three_stages_then_all_steps_removed() -> None:
+    """GSM8K's official settings (c=2, max_latent_stage=3, 3 epochs per stage, 25 epochs, pad_latent_to_max): after
+    stage 3 every remaining step goes, 6 thoughts stay. One epoch = one step here."""
+    cur = Curriculum(thoughts_per_step=2, max_stage=3, stage_steps=3)
+    five = ("s1", "s2", "s3", "s4", "s5")
+    table = cur.table(25, five)
+    assert [(r["stage"], r["first_step"], r["last_step"], r["thoughts"], r["remaining"], r["final"]) for r in table] == [
+        (0, 0, 2, 0, list(five), False),
+        (1, 3, 5, 2, ["s2", "s3", "s4", "s5"], False),
+        (2, 6, 8, 4, ["s3", "s4", "s5"], False),
+        (3, 9, 11, 6, ["s4", "s5"], False),
+        (4, 12, 24, 6, [], True),  # the final stage: s4 and s5 are no longer written as text
+    ]
+    # the method: a 5-step and a 2-step problem, trained at the final stage (step 12)
+    m = _method(max_stage=3, thoughts_per_step=2, stage_steps=3, pad_latent_to_max=True)
+    m.begin_step(12, 25)
+    task = _task()
+    long = Example("long", "n3 n0 n2 n1 ? n0", "n1", "n3 n1 n0 n3 n1", ("n3", "n1", "n0", "n3", "n1"))
+    short = Example("short", "n1 n0 ? n1", "n1", "n0 n1", ("n0", "n1"))
+    for ex in (long, short):
+        n, target = m.plan(ex, task)
+        assert n == 6 and m.backbone.decode(target).split() == ["####", ex.answer]
+    m.begin_step(9, 25)  # stage 3: the 5-step problem keeps its last two steps as text
+    n, target = m.plan(long, task)
+    assert n == 6 and m.backbone.decode(target).split() == ["n3", "n1", "####", "n1"]
+    assert m.eval_thoughts == 6
+
+
+def test_max_stage_beyond_the_rationales_needs_pad_latent_to_max(tmp_path) -> None:
+    from latentcot.cli.main import main
+
+    out = tmp_path / "run"
+    rc = main(["train", "--method", "coconut", "--model", "scratch-gpt2-d32-l1:pointer_chase", "--task",
+               "pointer_chase", "--out", str(out), "--no-progress", "k=2", "num_train=32", "max_stage=3",
+               "max_steps=1", "train_batch_size=4"])
+    assert rc == 2 and not out.exists()  # one line, nothing written
+    m = _method(max_stage=3, pad_latent_to_max=True)
+    m.check_train_examples(_task(k=2).load("train"), _task(k=2))  # padding: allowed
 
 
 def test_mixing_draws_earlier_stages_deterministically() -> None:
@@ -146,7 +188,7 @@ def test_loss_drops_rationale_steps_per_stage() -> None:
 
 def test_bad_settings_name_the_field_and_example() -> None:
     for bad in ({"num_thoughts": 0}, {"num_thoughts": -1}, {"thoughts_per_step": 0}, {"max_stage": 0},
-                {"mix_prob": 1.0}, {"short_rationale": "skip"}):
+                {"mix_prob": 1.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             _method(**bad)
     m, task = _method(max_stage=5, stage_steps=1), _task(k=2)
@@ -154,7 +196,7 @@ def test_bad_settings_name_the_field_and_example() -> None:
     ex = task.load("train")[0]
     with pytest.raises(ConfigError, match=f"max_stage.*{ex.id}"):
         m.loss([ex], task)
-    m = _method(max_stage=5, stage_steps=1, short_rationale="remove_all")
+    m = _method(max_stage=5, stage_steps=1, pad_latent_to_max=True)
     m.begin_step(10, 20)
     n, target = m.plan(ex, task)
     assert n == 5 and m.backbone.decode(target).split() == ["####", ex.answer]
@@ -203,7 +245,7 @@ def test_coconut_resume_is_bit_identical(tmp_path) -> None:
 
 
 def test_smoke_settings_run_on_a_real_benchmark_shape() -> None:
-    """Rationales with varying step counts (remove_all) on a byte-level tiny model with a chat template."""
+    """Rationales with varying step counts (pad_latent_to_max) on a byte-level tiny model with a chat template."""
     m = build_method("coconut", _method().smoke_settings("tiny-llama"), Backbone(*load_model("tiny-llama")))
     ex = [Example("x", "What is 2+3?", "5", "2+3=5", ("2+3=5",)), Example("y", "What is 4?", "4", None, ())]
     m.begin_step(1, 1)
@@ -214,4 +256,4 @@ def test_smoke_settings_run_on_a_real_benchmark_shape() -> None:
 
     out = m.loss(ex, Plain())
     assert torch.isfinite(out.loss)
-    assert dataclasses.asdict(m.cfg)["short_rationale"] == "remove_all"
+    assert dataclasses.asdict(m.cfg)["pad_latent_to_max"] is True

@@ -379,6 +379,7 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
         examples = examples[: res.train.train_limit]
     if not examples:
         raise DataError(f"task {task.name} split {split} has no examples to train on")
+    method.check_train_examples(examples, task)
     from latentcot.training.checkpoint import check_checkpoint
 
     check_checkpoint(out / "checkpoint")

@@ -14,6 +14,7 @@ import torch
 from latentcot.decoding.engine import DecodeState, Engine
 from latentcot.errors import ConfigError
 from latentcot.models.backbone import Backbone
+from latentcot.models.compat import output_cache
 from latentcot.models.splice import Piece, Spliced, splice
 
 
@@ -68,7 +69,7 @@ def rollout(
     pre = splice(prefix_rows, bb.embed, pad, "right")
     mask = pre.attention_mask  # (B, P)
     out = forward(bb, pre.inputs_embeds, mask, pre.position_ids, hidden=True, keep=1)
-    cache = out.past_key_values
+    cache = output_cache(out)
     lengths = mask.sum(-1)  # (B,)
     rows = torch.arange(mask.shape[0], device=mask.device)
     h = out.hidden_states[-1][rows, lengths - 1]  # (B, d): state at each row's last prefix token
@@ -82,7 +83,7 @@ def rollout(
         thoughts.append(e)
         mask = torch.cat([mask, active[:, None].to(mask.dtype)], dim=1)  # (B, P+j+1)
         out = forward(bb, e[:, None].to(bb.dtype), mask, next_pos[:, None], cache, hidden=True, keep=1)
-        cache = out.past_key_values
+        cache = output_cache(out)
         h = torch.where(active[:, None], out.hidden_states[-1][:, -1], h)
         next_pos = next_pos + active.long()
     suf = splice(suffix_rows, bb.embed, pad, "right")

@@ -139,6 +139,10 @@ class Method(nn.Module):
     def finish_training(self, out_dir: Any) -> None:
         """Called by `latentcot train` after the loop ends (e.g. to draw the run's curves)."""
 
+    def check_train_examples(self, examples: Sequence[Example], task: Task) -> None:
+        """Raises ConfigError when the training examples cannot be trained with these settings; `latentcot train`
+        calls it before writing anything."""
+
     def step_units(self, batches: Sequence[Sequence[Example]], task: Task) -> dict[str, float] | None:
         """Step-wide normalisers, counted from the micro-batches of one optimizer step before any forward, for a
         loss whose terms are means over different units (CODI: student tokens, teacher tokens, rows).

@@ -15,6 +15,7 @@ import torch
 from latentcot.config import check
 from latentcot.decoding.engine import DecodeState, RowOutput
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
+from latentcot.errors import ConfigError
 from latentcot.latent.curriculum import Curriculum, without_first_steps
 from latentcot.latent.rollout import think
 from latentcot.methods.base import Method
@@ -40,8 +41,11 @@ class CurriculumConfig(SFTConfig):
         stage_schedule: restart the learning-rate warmup and schedule at every stage (off: one schedule over the
             whole run, as the official code's constant learning rate).
         num_thoughts: thoughts at evaluation (default max_stage * thoughts_per_step).
-        short_rationale: an example with fewer steps than its stage: "error" (ConfigError naming it) or
-            "remove_all" (all its steps removed, still stage*c thoughts, as the official code for GSM8k).
+        final_stage: after max_stage, a final stage that removes every remaining rationale step and keeps
+            max_stage x c thoughts (the official curriculum; reached when the run is longer than the stages before).
+        pad_latent_to_max: an example with fewer rationale steps than its stage loses all of them and still gets
+            the stage's thoughts (the official `pad_latent_to_max`, set for GSM8K). Off: such an example is an error
+            naming it (max_stage larger than the task's rationales).
     """
 
     thoughts_per_step: int = 1
@@ -52,7 +56,8 @@ class CurriculumConfig(SFTConfig):
     reset_optimizer: bool = True
     stage_schedule: bool = False
     num_thoughts: int | None = None
-    short_rationale: str = "error"
+    final_stage: bool = True
+    pad_latent_to_max: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,8 +67,6 @@ class CurriculumConfig(SFTConfig):
         check(self.stage_steps >= 0, "stage_steps", f"must be >= 0 (0 = split evenly), got {self.stage_steps}")
         check(0 <= self.mix_prob < 1, "mix_prob", f"must be in [0, 1), got {self.mix_prob}")
         check(self.num_thoughts is None or self.num_thoughts > 0, "num_thoughts", f"must be > 0, got {self.num_thoughts}")
-        check(self.short_rationale in ("error", "remove_all"), "short_rationale",
-              f"must be 'error' or 'remove_all', got {self.short_rationale!r}")
 
 
 class LatentMethod(Method):
@@ -134,7 +137,7 @@ class CurriculumMethod(LatentMethod):
 
     @classmethod
     def smoke_settings(cls, model: str) -> dict:
-        return {"max_stage": 1, "thoughts_per_step": 2, "short_rationale": "remove_all"}
+        return {"max_stage": 1, "thoughts_per_step": 2, "pad_latent_to_max": True}
 
     @property
     def eval_thoughts(self) -> int:
@@ -152,5 +155,23 @@ class CurriculumMethod(LatentMethod):
     def plan(self, ex: Example, task: Task) -> tuple[int, list[int]]:
         """(thoughts, target ids of the remaining text) of one training example at the current step."""
         stage = self.curriculum.sample_stage(self._step, self._total, ex.id)
-        rest = without_first_steps(ex, stage, "max_stage", self.cfg.short_rationale == "error")
+        if self.curriculum.is_final(stage):  # every remaining step removed, max_stage x c thoughts
+            without_first_steps(ex, self.cfg.max_stage, "max_stage", not self.cfg.pad_latent_to_max)  # short: error
+            rest = without_first_steps(ex, len(ex.steps), "max_stage", True)
+        else:
+            rest = without_first_steps(ex, stage, "max_stage", not self.cfg.pad_latent_to_max)
         return self.curriculum.thoughts(stage), self.target_ids(rest, task, with_rationale=True)
+
+    def check_train_examples(self, examples: Sequence[Example], task: Task) -> None:
+        """Before training: without pad_latent_to_max, every example needs at least as many rationale steps as the
+        highest stage it will be trained at removes."""
+        if self.cfg.pad_latent_to_max:
+            return
+        need = min(self.cfg.max_stage, self.curriculum.last_stage)
+        short = [ex for ex in examples if len(ex.steps) < need]
+        if short:
+            raise ConfigError(
+                f"max_stage: {self.cfg.max_stage} is larger than the {len(short[0].steps)} rationale steps of example "
+                f"{short[0].id} ({len(short)} of {len(examples)} training examples are that short): lower max_stage, "
+                "or set pad_latent_to_max=true to remove all steps of short rationales and keep the stage's thoughts"
+            )
