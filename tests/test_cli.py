@@ -91,3 +91,43 @@ def test_bad_weights_file_is_a_clear_error(tmp_path, capsys):
     bad.write_bytes(b"not safetensors at all")
     assert main(["eval", "--model", "tiny-gpt2", "--method", "cot_sft", f"weights={bad}", "--out", str(tmp_path / "o")]) == 2
     assert "safetensors" in capsys.readouterr().err
+
+
+def test_transformers_below_the_floor_is_one_line_exit_2(monkeypatch, capsys) -> None:
+    from latentcot.cli.main import main
+    from latentcot.errors import ConfigError
+    from latentcot.models import compat
+
+    with pytest.raises(ConfigError, match="transformers 4.40.2 is older than .*4.56.0"):
+        compat.check_transformers("4.40.2")
+    for ok in ("4.56.0", "4.57.1", "5.0.0rc1", "5.24.0", "10.0"):
+        compat.check_transformers(ok)
+    monkeypatch.setattr(compat.metadata, "version", lambda name: "4.40.2")
+    assert main(["ls", "methods"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "transformers 4.40.2" in err[0] and "4.56.0" in err[0]
+
+
+def test_kv_cache_goes_by_the_installed_versions_name_without_warnings(recwarn) -> None:
+    """No deprecation warning from any model call of a cached decode (transformers 5.24 renamed past_key_values)."""
+    import warnings
+
+    from latentcot.decoding.engine import Engine
+    from latentcot.decoding.sampling import GenerationConfig
+    from latentcot.models.backbone import Backbone
+    from latentcot.models.loading import load_model
+    from latentcot.models.splice import splice, tokens
+
+    for alias in ("tiny-gpt2", "tiny-llama"):
+        bb = Backbone(*load_model(alias), alias)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # any warning fails the test
+            eng = Engine(bb)
+            state = eng.prefill(splice([[tokens(bb.encode("ab"))]], bb.embed, 0, "left"))
+            eng.generate(state, GenerationConfig(max_new_tokens=3))
+    from importlib import metadata
+
+    from latentcot.models.compat import _version_tuple, cache_name
+
+    new = _version_tuple(metadata.version("transformers")) >= (5, 24)
+    assert cache_name() == ("cache" if new else "past_key_values")  # reading the other name logs a warning

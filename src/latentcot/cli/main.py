@@ -54,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from latentcot.errors import LatentCotError
+    from latentcot.models.compat import check_transformers
+
+    try:
+        check_transformers()  # before anything imports it: below the floor, one line, exit 2
+    except LatentCotError as e:
+        print(f"latentcot {args.command}: error: {e}", file=sys.stderr)
+        return 2
     if not args.verbose:
         from transformers.utils import logging as hf_logging  # its loggers do not propagate to the root
 

@@ -23,6 +23,7 @@ import torch
 
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens
 from latentcot.models.backbone import Backbone
+from latentcot.models.compat import output_cache
 from latentcot.models.splice import Piece, Spliced, splice
 
 
@@ -107,7 +108,7 @@ class Engine:
         self.bb.check_length(int(mask.sum(-1).max()))
         out = self._forward(batch.inputs_embeds, mask, batch.position_ids, None, want_hidden)
         return DecodeState(
-            cache=out.past_key_values,
+            cache=output_cache(out),
             attention_mask=mask,
             next_position=batch.position_ids[:, -1] + 1,
             logits=out.logits[:, -1].float(),
@@ -127,7 +128,7 @@ class Engine:
         self.bb.check_length(int(state.next_position.max()) + n, "sequence")
         pos = state.next_position[:, None] + torch.arange(n, device=embeds.device)  # (B, n)
         out = self._forward(embeds.to(self.bb.dtype), mask, pos, state.cache, want_hidden)
-        state.cache = out.past_key_values
+        state.cache = output_cache(out)
         state.attention_mask = mask
         state.next_position = state.next_position + n
         state.logits = out.logits[:, -1].float()

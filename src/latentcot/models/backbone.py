@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from latentcot.errors import ModelError
+from latentcot.models.compat import add_special_tokens
 
 
 class Backbone(nn.Module):
@@ -102,7 +103,7 @@ class Backbone(nn.Module):
             want_hidden: also return every layer's hidden states ((B, T, d) each, L+1 of them).
             logits_to_keep: compute logits only for the last n positions (0 = all).
         Returns:
-            the HF output: logits (B, T or n, V), past_key_values, hidden_states when asked.
+            the HF output: logits (B, T or n, V), the cache (`compat.output_cache(out)`), hidden_states when asked.
         """
         cache = {} if past_key_values is None else {self._cache_kwarg: past_key_values}
         return self.model(
@@ -146,7 +147,7 @@ class Backbone(nn.Module):
         missing = [t for t in tokens if t not in self.tokenizer.get_vocab()]
         if missing:
             known = sorted(set(self.tokenizer.get_vocab().values()))  # ids of the tokens there before
-            self.tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+            add_special_tokens(self.tokenizer, missing)
             new_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in missing]
             rows = self.model.get_input_embeddings().weight.shape[0]
             if max(new_ids) >= rows:
