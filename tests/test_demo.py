@@ -50,8 +50,9 @@ def test_demo_arms_share_one_curriculum() -> None:
     assert by_name["coconut"].steps == 4 * 150 and by_name["coconut"].init_from == "cot_sft"
     assert by_name["codi"].settings["num_thoughts"] == s.k
     two = {a.method: a for a in arms(s, "pointer_chase2")}
-    assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 1200
-    assert two["coconut"].steps == 4 * 200
+    assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 300
+    assert two["coconut"].steps == 4 * 150 and two["coconut"].lr == 1e-3 and two["coconut"].settings["stage_schedule"]
+    assert s.model("pointer_chase2").endswith(",step_format=pair")
 
 
 def test_demo_smoke_end_to_end_and_reuse(tmp_path) -> None:
@@ -101,3 +102,37 @@ def test_demo_quick_cli(tmp_path) -> None:
     assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     assert {r["method"] for r in data["rows"]} >= {"no_cot_sft", "cot_sft", "coconut", "pause", "codi"}
+
+
+def test_plot_labels_never_overlap() -> None:
+    from latentcot.demo import label_positions
+
+    # cot_sft and soft_thinking at the same point, coconut and pause one step apart, codi alone
+    points = [(11.0, 100.0), (11.0, 100.0), (8.0, 99.2), (8.0, 98.0), (8.0, 20.0), (3.0, 22.0)]
+    dx, dy = 2.0, 7.0
+    labels = label_positions(points, dx, dy)
+    for i in range(len(labels)):
+        for j in range(i):
+            (xi, yi), (xj, yj) = labels[i], labels[j]
+            assert abs(xi - xj) >= dx or abs(yi - yj) >= dy, (i, j)
+    assert labels[5][1] == 22.0  # a label with room stays next to its point
+
+
+def test_worker_progress_follows_the_arms_logs(tmp_path) -> None:
+    from latentcot.demo import Arm, ArmBars
+
+    s = DemoSettings(eval_questions=10)
+    key = ("pointer_chase", "cot_sft")
+    bars = ArmBars(s, tmp_path, {key: Arm("cot_sft", {}, 50)}, enabled=True)
+    bars.start(key)
+    run = tmp_path / "pointer_chase" / "cot_sft"
+    run.mkdir(parents=True)
+    (run / "train_log.jsonl").write_text('{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.5}\n{"step": 10, "eval": {}}\n')
+    bars.update()
+    assert bars.bars[key].n == 10
+    (run / "samples.jsonl").write_text('{"id": "a"}\n{"id": "b"}\n')
+    (run / "train_log.jsonl").write_text('{"step": 50, "loss": 0.1}\n')
+    bars.update()
+    assert bars.bars[key].n == 52
+    bars.close()
+    assert not bars.bars

@@ -32,57 +32,65 @@ from latentcot.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
+# The throwaway prototype's optimizer (SPEC section 3): AdamW, weight decay 0.01, betas (0.9, 0.98), warmup + cosine.
+PROTOTYPE_OPTIM = {"weight_decay": 0.01, "adam_beta2": 0.98, "warmup_steps": 30, "schedule": "cosine"}
+
 
 @dataclass
 class DemoSettings:
     """What the demo trains and evaluates (`full()` and `quick()` are the presets).
 
     Attributes:
-        tasks: synthetic tasks to run.
+        tasks: synthetic tasks to run (the full demo: pointer_chase2, where a continuous thought replaces a 2-token
+            step; `--tasks pointer_chase,pointer_chase2` adds the 1-token task).
         k: hops per problem (= CoT steps = curriculum stages).
         num_nodes: size of the permutation.
         arch, d, layers: the from-scratch model (`scratch-ARCH[-dD][-lL]:TASK`).
         batch: training batch size.
-        lr: peak learning rate (AdamW).
-        codi_lr: codi's learning rate. At 1e-3 its 2-hop training diverges (gradient norms above 100 from
-            step ~150, 0% accuracy at step 600); at 3e-4 it reaches 100% by step 200.
-        methods: the arms compared on each task (pointer_chase2 shows compression: cot_sft vs coconut).
-        sft_steps: optimizer steps of no_cot_sft and cot_sft, per task. CoT-SFT on 2-token steps sits at 6-25%
-            for 600-800 steps, then jumps: 97% / 99% at step 1000 and 98% / 100% at 1200 for seeds 0 / 1 of
-            these settings (200 test questions, eval every 200 steps); 800 steps were not enough for seed 0.
-        stage_steps: optimizer steps per curriculum stage, per task (coconut, pause). On pointer_chase2 stage 1
-            stays on a loss plateau (~0.54) at 300 and at 600 steps, so 200 keep the demo within 10 minutes.
+        lr: peak learning rate (AdamW) of no_cot_sft and cot_sft.
+        stage_lr: peak learning rate of the curriculum arms (coconut, pause); None = lr.
+        codi_lr: codi's learning rate. At 1e-3 its 2-hop training diverged (gradient norms above 100 from
+            step ~150, 0% accuracy at step 600); at 3e-4 it reached 100% by step 200.
+        optim: training settings given to every arm (TrainConfig fields): the prototype's AdamW weight decay 0.01,
+            betas (0.9, 0.98), 30 warmup steps, then a cosine decay.
+        stage_schedule: the curriculum arms restart warmup + cosine at every stage (their optimizer is reset there).
+        methods: the arms compared on each task.
+        sft_steps: optimizer steps of no_cot_sft and cot_sft, per task. With `cur nxt` steps and the settings above
+            CoT-SFT's loss is below 0.01 by step 100.
+        stage_steps: optimizer steps per curriculum stage, per task (coconut, pause).
         codi_steps: optimizer steps of codi, per task.
         eval_questions: test questions per method.
-        task_settings: extra settings per task (also given to the model alias, whose vocabulary depends on them);
-            pointer_chase2 writes a step as `n7 ;` (CoT-SFT with the `d0 d7` digits format did not learn within
-            300 steps: 7% accuracy).
+        task_settings: extra settings per task (also given to the model alias, whose vocabulary depends on them).
+            pointer_chase2 writes each step as `cur nxt` (the node the step starts from, then the node it
+            reaches), the prototype's format. With `n7 ;` CoT-SFT needed 1200 steps at constant lr 1e-3, its loss
+            was still 0.84 at step 500 of 600 with the settings above, and Coconut sat on a loss plateau (0.54);
+            with `d0 d7` CoT-SFT reached 7% in 300 steps.
         num_train: training problems generated per task.
         seed: data order and initialisation seed.
     """
 
-    tasks: tuple[str, ...] = ("pointer_chase", "pointer_chase2")
+    tasks: tuple[str, ...] = ("pointer_chase2",)
     k: int = 4
     num_nodes: int = 12
     arch: str = "gpt2"
     d: int = 128
     layers: int = 4
     batch: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     codi_lr: float = 3e-4
-    stage_lr: float | None = None
-    optim: dict[str, Any] = field(default_factory=dict)
-    stage_schedule: bool = False
+    stage_lr: float | None = 1e-3
+    optim: dict[str, Any] = field(default_factory=lambda: dict(PROTOTYPE_OPTIM))
+    stage_schedule: bool = True
     methods: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
         "pointer_chase": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
-        "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "soft_thinking"),
+        "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
     })
-    sft_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 1200})
-    stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 200})
+    sft_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 300})
+    stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 150})
     codi_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 300})
     eval_questions: int = 500
     num_train: int = 10000
-    task_settings: dict[str, dict[str, str]] = field(default_factory=lambda: {"pointer_chase2": {"step_format": "sep"}})
+    task_settings: dict[str, dict[str, str]] = field(default_factory=lambda: {"pointer_chase2": {"step_format": "pair"}})
     seed: int = 0
 
     @classmethod
@@ -93,7 +101,8 @@ class DemoSettings:
     def quick(cls) -> DemoSettings:
         """About 1-2 minutes on 2 cores: 2-hop problems, short runs, 100 test questions."""
         return cls(tasks=("pointer_chase",), k=2, sft_steps={"pointer_chase": 250}, stage_steps={"pointer_chase": 100},
-                   codi_steps={"pointer_chase": 200}, eval_questions=100, num_train=4000)
+                   codi_steps={"pointer_chase": 200}, eval_questions=100, num_train=4000, lr=1e-3, stage_lr=None,
+                   optim={}, stage_schedule=False)
 
     def model(self, task: str) -> str:
         size = (f"-d{self.d}" if self.d != 128 else "") + (f"-l{self.layers}" if self.layers != 4 else "")
@@ -204,7 +213,7 @@ def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool
         "run.seed": s.seed, "device": "cpu", **s.task_settings.get(task_name, {}), **arm.settings,
     }
     if arm.steps:
-        values.update({"max_steps": arm.steps, "train_batch_size": s.batch, "lr": arm_lr(s, arm), "log_every": 25,
+        values.update({"max_steps": arm.steps, "train_batch_size": s.batch, "lr": arm_lr(s, arm), "log_every": 5,
                        "save_every": 200, **s.optim})
     res = resolve(values)
     fresh_run(run_dir, arm_key(s, task_name, arm, out), f"{task_name}/{arm.method}")
@@ -264,7 +273,8 @@ def run_demo(
     Args:
         s: what to train and evaluate.
         out: the demo's directory (one run directory per task and method under it).
-        progress: progress bars (only with one worker).
+        progress: progress bars (with several workers: one per running arm, drawn by this process from the arms'
+            logs).
         on_row: called with each finished arm's row (in completion order).
         workers: processes running arms at once (each with one torch thread); an arm that starts from another
             one's weights waits for it. Results do not depend on it.
@@ -290,6 +300,7 @@ def run_demo(
         parents = {a.init_from for a in plan.values()}
         pending = dict(plan)
         running: dict[Any, tuple[str, str]] = {}
+        bars = ArmBars(s, out, plan, enabled=progress)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
             while pending or running:
@@ -298,12 +309,68 @@ def run_demo(
                 for key in sorted(ready, key=lambda k: (k[1] in parents, _cost(plan[k])), reverse=True):
                     if len(running) < workers:
                         running[pool.submit(_timed_arm, s, key[0], pending.pop(key), out, False)] = key
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                        bars.start(key)
+                # The workers draw no bars: this process follows their logs, so progress shows while they train.
+                finished, _ = wait(list(running), timeout=2.0, return_when=FIRST_COMPLETED)
+                bars.update()
                 for f in finished:
-                    finish(running.pop(f), f.result())
+                    key = running.pop(f)
+                    bars.stop(key)
+                    finish(key, f.result())
+        bars.close()
     rows = [done[k] for k in plan]
     write_report(s, rows, out, time.perf_counter() - t0)
     return rows
+
+
+class ArmBars:
+    """Progress bars in the parent process for arms running in worker processes, one per running arm: training
+    steps read from the arm's `train_log.jsonl`, then evaluated questions from its `samples.jsonl`."""
+
+    def __init__(self, s: DemoSettings, out: Path, plan: dict[tuple[str, str], Arm], enabled: bool) -> None:
+        self.s, self.out, self.plan, self.enabled = s, out, plan, enabled
+        self.bars: dict[tuple[str, str], Any] = {}
+
+    def start(self, key: tuple[str, str]) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        arm = self.plan[key]
+        self.bars[key] = tqdm(total=arm.steps + self.s.eval_questions, desc=f"{key[0]}/{key[1]}", leave=False,
+                              dynamic_ncols=True, unit="step")
+
+    def _done(self, key: tuple[str, str]) -> int:
+        run_dir = self.out / key[0] / key[1]
+        steps = 0
+        log_path = run_dir / "train_log.jsonl"
+        if log_path.is_file():
+            for line in log_path.read_text().splitlines()[::-1]:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line being written
+                    continue
+                if "eval" not in row:
+                    steps = int(row.get("step", 0))
+                    break
+        samples = run_dir / "samples.jsonl"
+        evaluated = samples.read_text().count("\n") if samples.is_file() else 0
+        return min(steps, self.plan[key].steps) + min(evaluated, self.s.eval_questions)
+
+    def update(self) -> None:
+        for key, bar in self.bars.items():
+            n = self._done(key)
+            if n > bar.n:
+                bar.update(n - bar.n)
+
+    def stop(self, key: tuple[str, str]) -> None:
+        bar = self.bars.pop(key, None)
+        if bar is not None:
+            bar.close()
+
+    def close(self) -> None:
+        for key in list(self.bars):
+            self.stop(key)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -354,18 +421,46 @@ def plot_accuracy_vs_steps(rows: list[dict[str, Any]], path: Path) -> Path | Non
         log.warning("matplotlib is not installed: no plot")
         return None
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for r in (r for r in rows if r["task"] == task):
-            ax.scatter(r["decode_steps"], r["accuracy"], s=40)
-            ax.annotate(r["method"], (r["decode_steps"], r["accuracy"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
+        here = [r for r in rows if r["task"] == task]
+        points = [(r["decode_steps"], r["accuracy"]) for r in here]
+        xs = [x for x, _ in points]
+        span = max(xs) - min(xs) if len(xs) > 1 else 1.0
+        for r, (x, y), (lx, ly) in zip(here, points, label_positions(points, dx=max(span, 4.0) * 0.22, dy=7.0)):
+            ax.scatter(x, y, s=40)
+            moved = abs(lx - x) > 1e-9 or abs(ly - y) > 1e-9
+            ax.annotate(r["method"], (x, y), xytext=(lx, ly), textcoords="data", fontsize=8, va="center",
+                        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if moved else None)
+        ax.set_xlim(min(xs) - 1, max(xs) + max(span, 4.0) * 0.45)
         ax.set_title(task)
         ax.set_xlabel("decode steps per question")
         ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(-5, 105)
+        ax.set_ylim(-12, 112)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def label_positions(points: list[tuple[float, float]], dx: float, dy: float) -> list[tuple[float, float]]:
+    """Where to write each point's label so that no two labels overlap: right of its point, moved down in steps of
+    `dy` while another label within `dx` horizontally and `dy` vertically is already there.
+
+    Args:
+        points: (x, y) of each point, in data units.
+        dx, dy: a label's width and height, in data units.
+    Returns:
+        (x, y) of each label, in the order of `points`.
+    """
+    order = sorted(range(len(points)), key=lambda i: (-points[i][1], points[i][0]))
+    placed: list[tuple[float, float]] = []
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(points)
+    for i in order:
+        x, y = points[i][0] + dx * 0.08, points[i][1]
+        while any(abs(x - px) < dx and abs(y - py) < dy for px, py in placed):
+            y -= dy
+        placed.append((x, y))
+        out[i] = (x, y)
+    return out

@@ -39,14 +39,16 @@ def run(args: argparse.Namespace) -> int:
         s = dataclasses.replace(s, eval_questions=args.eval_questions)
     t0 = time.perf_counter()
 
+    from tqdm.auto import tqdm
+
     def show(row: dict) -> None:
-        print(f"  {row['task']:15s} {row['method']:14s} accuracy {row['accuracy']:5.1f}%  "
-              f"decode steps {row['decode_steps']:5.1f}  ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+        tqdm.write(f"  {row['task']:15s} {row['method']:14s} accuracy {row['accuracy']:5.1f}%  "
+                   f"decode steps {row['decode_steps']:5.1f}  ({time.perf_counter() - t0:.0f} s so far)")
 
     import os
 
     workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
-    rows = run_demo(s, Path(args.out), progress=not args.no_progress and workers == 1, on_row=show, workers=workers)
+    rows = run_demo(s, Path(args.out), progress=not args.no_progress, on_row=show, workers=workers)
     print()
     print(format_table(rows))
     print(f"\nwall time {time.perf_counter() - t0:.0f} s; report in {args.out}/report.md, plot in {args.out}/accuracy_vs_steps.png")
