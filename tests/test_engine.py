@@ -75,7 +75,8 @@ def test_greedy_equals_hf_generate(tiny):
     texts = [tiny.chat_prompt(t) for t in PROMPTS]
     rows = _ids(tiny)
     ours = eng.generate(eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, tiny.tokenizer.pad_token_id)), GenerationConfig(max_new_tokens=16))
-    enc = tiny.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    # no token_type_ids: transformers 4.x tokenizers return them, and generate() rejects or misuses them
+    enc = tiny.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
     ref = tiny.model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tiny.tokenizer.pad_token_id, eos_token_id=tiny.eos_ids)
     for b, o in enumerate(ours):
         theirs = [t for t in ref[b, enc["input_ids"].shape[1] :].tolist() if t not in tiny.eos_ids and t != tiny.tokenizer.pad_token_id]

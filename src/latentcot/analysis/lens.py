@@ -20,11 +20,13 @@ _NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
 
 def final_norm(model: nn.Module) -> nn.Module | None:
     """The decoder's final normalisation module, or None (then the lens skips it)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    for name in _NORM_NAMES:
-        mod = getattr(decoder, name, None)
-        if isinstance(mod, nn.Module):
-            return mod
+    # transformers < 5: GPT-2's get_decoder() is the LM itself; its base model holds the norm
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    for holder in (decoder, getattr(model, "base_model", None), model):
+        for name in _NORM_NAMES:
+            mod = getattr(holder, name, None) if holder is not None else None
+            if isinstance(mod, nn.Module):
+                return mod
     return None
 
 
