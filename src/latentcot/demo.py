@@ -56,8 +56,10 @@ class DemoSettings:
         stage_schedule: the curriculum arms restart warmup + cosine at every stage (their optimizer is reset there).
         methods: the arms compared on each task.
         sft_steps: optimizer steps of no_cot_sft and cot_sft, per task. With `cur nxt` steps and the settings above
-            CoT-SFT's loss is below 0.01 by step 100.
-        stage_steps: optimizer steps per curriculum stage, per task (coconut, pause).
+            CoT-SFT's loss is below 0.01 by step 100; 600 steps as the prototype (Coconut's stage 1 did not learn
+            from the 300-step model with 150-step stages: loss 1.35 at the end of stage 1, 22.8% at the end).
+        stage_steps: optimizer steps per curriculum stage, per task (coconut, pause): 300 on pointer_chase2, as the
+            prototype (150 were not enough, above).
         codi_steps: optimizer steps of codi, per task.
         eval_questions: test questions per method.
         task_settings: extra settings per task (also given to the model alias, whose vocabulary depends on them).
@@ -85,8 +87,8 @@ class DemoSettings:
         "pointer_chase": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
         "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
     })
-    sft_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 300})
-    stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 150})
+    sft_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 600})
+    stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 300})
     codi_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 300})
     eval_questions: int = 500
     num_train: int = 10000
@@ -330,6 +332,7 @@ class ArmBars:
     def __init__(self, s: DemoSettings, out: Path, plan: dict[tuple[str, str], Arm], enabled: bool) -> None:
         self.s, self.out, self.plan, self.enabled = s, out, plan, enabled
         self.bars: dict[tuple[str, str], Any] = {}
+        self.started: dict[tuple[str, str], float] = {}
 
     def start(self, key: tuple[str, str]) -> None:
         if not self.enabled:
@@ -337,6 +340,7 @@ class ArmBars:
         from tqdm.auto import tqdm
 
         arm = self.plan[key]
+        self.started[key] = time.time() - 1.0
         self.bars[key] = tqdm(total=arm.steps + self.s.eval_questions, desc=f"{key[0]}/{key[1]}", leave=False,
                               dynamic_ncols=True, unit="step")
 
@@ -344,7 +348,12 @@ class ArmBars:
         run_dir = self.out / key[0] / key[1]
         steps = 0
         log_path = run_dir / "train_log.jsonl"
-        if log_path.is_file():
+        samples = run_dir / "samples.jsonl"
+
+        def fresh(path: Path) -> bool:  # a file left by an earlier run (about to be replaced or reused) is not progress
+            return path.is_file() and path.stat().st_mtime >= self.started.get(key, 0.0)
+
+        if fresh(log_path):
             for line in log_path.read_text().splitlines()[::-1]:
                 try:
                     row = json.loads(line)
@@ -353,8 +362,7 @@ class ArmBars:
                 if "eval" not in row:
                     steps = int(row.get("step", 0))
                     break
-        samples = run_dir / "samples.jsonl"
-        evaluated = samples.read_text().count("\n") if samples.is_file() else 0
+        evaluated = samples.read_text().count("\n") if fresh(samples) else 0
         return min(steps, self.plan[key].steps) + min(evaluated, self.s.eval_questions)
 
     def update(self) -> None:
