@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
-# The default suite in a second venv holding the oldest supported transformers (a CI matrix step).
+# The default suite in a second venv holding the oldest supported transformers.
 test-oldest:
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q --disable-pip-version-check $(TORCH)
