@@ -101,7 +101,7 @@ def _train_in_process(tmp_path, name, method="cot_sft", **settings):
     from latentcot.tasks import get_task
     from latentcot.training.loop import TrainConfig, train
 
-    m = build_method(method, {"max_stage": 1, "thoughts_per_step": 1, "short_rationale": "remove_all"}
+    m = build_method(method, {"max_stage": 1, "thoughts_per_step": 1, "pad_latent_to_max": True}
                      if method == "coconut" else {}, Backbone(*load_model("tiny-llama"), "tiny-llama"))
     task = get_task("pointer_chase")
     cfg = TrainConfig(lr=1e-3, max_steps=2, train_batch_size=2, max_grad_norm=0, **settings)
