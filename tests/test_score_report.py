@@ -93,8 +93,9 @@ def test_score_seeds_give_mean_and_std(tmp_path, shared_data, gsm8k):
     "rows, needle",
     [
         ([{"id": "test-0", "output": "The answer is 1"}, "{not json"], "outs.jsonl:2"),
-        ([{"id": "test-0", "output": "x"}, {"id": "no-such-id", "output": "x"}], "'no-such-id'"),
+        ([{"id": "test-0", "output": "x"}, {"id": "no-such-id", "output": "x"}, "--strict-match"], "'no-such-id'"),
         ([{"question": "What is the airspeed of an unladen swallow?", "output": "x"}], "unladen swallow"),
+        ([{"question": "What is the airspeed of an unladen swallow?", "output": "x"}, "--strict-match"], "unladen"),
         ([{"id": "test-0", "answer": "x"}], "no output text"),
         ([{"output": "The answer is 3"}], "no 'id' or 'question'"),
         ([{"id": "test-0", "output": "a"}, {"id": "test-0", "sample": 0, "output": "b"}], "second output"),
@@ -103,7 +104,8 @@ def test_score_seeds_give_mean_and_std(tmp_path, shared_data, gsm8k):
     ],
 )
 def test_score_bad_input_is_one_line_exit_2(tmp_path, shared_data, capsys, rows, needle):
-    rc, _ = score(tmp_path, shared_data, rows)
+    flags = [r for r in rows if isinstance(r, str) and r.startswith("--")]
+    rc, _ = score(tmp_path, shared_data, [r for r in rows if r not in flags], *flags)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("latentcot score: error:") and needle in err[0], err

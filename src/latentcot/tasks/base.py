@@ -40,24 +40,28 @@ class Extracted:
     flexible: str | None
 
 
+SOURCES = ("auto", "local", "hub")
+
+
 @dataclass
 class TaskConfig:
     """Settings every task has; a task with more subclasses this and sets `Task.Config`.
 
     Attributes:
         data_dir: where the benchmark files are (default: $LATENTCOT_DATA, then ./data, then ../shared/data).
-        source: "local" reads the files of the data directory; "hub" reads the HF Hub through `datasets`.
+        source: "local" reads the files of the data directory; "hub" reads the HF Hub through `datasets`; "auto"
+            (default) reads the local files when they are there, else the HF Hub.
         skip_bad_rows: skip (and count) malformed rows instead of stopping with an error naming the line.
     """
 
     data_dir: str | None = None
-    source: str = "local"
+    source: str = "auto"
     skip_bad_rows: bool = False
 
     def __post_init__(self) -> None:
         from latentcot.config import check
 
-        check(self.source in ("local", "hub"), "task.source", f"must be 'local' or 'hub', got {self.source!r}")
+        check(self.source in SOURCES, "task.source", f"must be one of {', '.join(SOURCES)}, got {self.source!r}")
 
 
 class Task:
@@ -118,6 +122,10 @@ TASKS: Registry[type[Task]] = Registry("task")
 DATA_ENV = "LATENTCOT_DATA"
 
 
+class MissingDataError(DataError):
+    """The benchmark files are not where they were looked for (task.source=auto then tries the HF Hub)."""
+
+
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """The benchmark data directory: explicit argument, then $LATENTCOT_DATA, then ../shared/data or ./data.
 
@@ -133,7 +141,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     for c in candidates:
         if c.is_dir():
             return c
-    raise DataError(
+    raise MissingDataError(
         f"no benchmark data directory found (looked in {', '.join(str(c) for c in candidates)}): "
         f"pass --data-dir DIR or set {DATA_ENV}"
     )

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latentcot.errors import ConfigError, DataError
+from latentcot.errors import ConfigError, DataError, LatentCotError
 from latentcot.tasks.answers import flexible_number, parse_number, same_number, strict_number
-from latentcot.tasks.base import Example, Extracted, Task, resolve_data_dir
+from latentcot.tasks.base import Example, Extracted, MissingDataError, Task, resolve_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class FileTask(Task):
         folder = resolve_data_dir(self.cfg.data_dir) / self.folder
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
-            raise DataError(
+            raise MissingDataError(
                 f"task {self.name}: missing {', '.join(missing)} in {folder}; get them from {self.origin} "
                 f"(see the data README), or set task.source=hub"
             )
@@ -118,6 +118,26 @@ class FileTask(Task):
 
     def load(self, split: str | None = None) -> list[Example]:
         split = self.check_split(split)
+        if self.cfg.source == "auto":
+            try:
+                return self.load_local(split)
+            except MissingDataError as local:  # no local files: the Hub, and one line naming both when neither works
+                from latentcot.tasks.hub import HUB, hub_rows, hub_unreachable
+
+                if split not in HUB.get(self.name, {}):
+                    raise
+                try:
+                    why = hub_unreachable()
+                    if why:
+                        raise DataError(f"the HF Hub is not reachable: {why}")
+                    rows = hub_rows(self.name, split)
+                except LatentCotError as hub:
+                    raise DataError(
+                        f"task {self.name} split {split}: no local files ({local}) and no Hub copy ({hub}): pass "
+                        f"--data-dir DIR (or set LATENTCOT_DATA) with the {self.origin} files, or connect to the network"
+                    ) from None
+                log.info("task %s: no local files, read split %s from the HF Hub", self.name, split)
+                return self.build(rows, split, f"hub dataset for {self.name}/{split}")
         if self.cfg.source == "hub":
             from latentcot.tasks.hub import hub_rows
 
