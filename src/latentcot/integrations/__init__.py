@@ -1,0 +1,1 @@
+"""latentcot inside other tools: lm-evaluation-harness (`integrations.lm_eval`)."""
