@@ -247,8 +247,9 @@ def select_examples(task: Task, split: str | None, offset: int, limit: int) -> l
 
 # Settings that do not change results: a resumed run may differ in these. Training keys matter only to
 # training: an evaluation directory ignores them, a training directory compares them (and the seed).
+# task.source: runs made before source=auto became the default say "local"; auto reads the same local files.
 _FREE = {"run.progress", "run.batch_size", "run.limit", "run.offset", "run.seeds", "run.seed", "run.out", "run.device", "run.eval_limit",
-         "run.shard", "train.save_every"}
+         "run.shard", "train.save_every", "task.source"}
 _FREE_EVAL = ("train.",)
 
 
