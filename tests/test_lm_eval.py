@@ -139,12 +139,20 @@ def test_loglikelihood_hard_methods_and_refusal():
         soft.loglikelihood([Req(context, a)])
 
 
-def test_lm_eval_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+def test_bad_model_args_are_one_line(capsys, monkeypatch):
+    import lm_eval.__main__
+
+    from latentcot.errors import LatentCotError
+    from latentcot.integrations.lm_eval import LatentCotLM
     from latentcot.integrations.lm_eval import main as lm_eval_main
 
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    folder = write_task(tmp_path)
-    rc = lm_eval_main(["--model", "latentcot", "--model_args", "model=tiny-llama,method=no_such_method",
-                       "--tasks", "lc_arith", "--include_path", str(folder)])  # fmt: skip
+    with pytest.raises(LatentCotError, match="no_such_method"):
+        LatentCotLM.create_from_arg_string("model=tiny-llama,method=no_such_method", {"batch_size": 1})
+
+    def fail():  # what lm-eval's CLI does with such model_args: builds the model, which raises
+        LatentCotLM.create_from_arg_string("model=tiny-llama,method=no_such_method")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", fail)
+    assert lm_eval_main(["--model", "latentcot", "--model_args", "method=no_such_method", "--tasks", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err[-1].startswith("latentcot-lm-eval: error:") and "no_such_method" in err[-1]
+    assert len(err) == 1 and err[0].startswith("latentcot-lm-eval: error:") and "no_such_method" in err[0]
