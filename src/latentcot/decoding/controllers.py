@@ -59,7 +59,7 @@ class ThinkingController:
     which other rows share its batch or on the phase they are in.
     """
 
-    def __init__(self, method: ThinkingPolicy, gen: GenerationConfig, rand: RowRandom, batch_size: int) -> None:
+    def __init__(self, method: ThinkingPolicy, gen: GenerationConfig, rand: RowRandom | None, batch_size: int) -> None:
         self.m = method
         self.gen = gen
         self.rand = rand
@@ -94,7 +94,7 @@ class ThinkingController:
                     thinking.append(b)
         if thinking:
             cold_entropy, cold_steps = self.m.cold_stop()
-            th = self.m.think_inputs(state.logits[thinking], self.rand.select(thinking), self.gen)
+            th = self.m.think_inputs(state.logits[thinking], self._streams(thinking), self.gen)
             top1s = th.top_ids[:, 0].tolist()
             ents = th.entropy.tolist()
             for j, b in enumerate(thinking):
@@ -131,11 +131,15 @@ class ThinkingController:
             else:
                 answering.append(b)
         if answering:
-            ids[answering] = next_tokens(state.logits[answering], self.gen, self.rand.select(answering))
+            ids[answering] = next_tokens(state.logits[answering], self.gen, self._streams(answering))
             for b in answering:
                 self.answered[b] += 1
         hard = bb.embed(ids.clamp_min(0)).float()  # (B, d)
         return torch.where((ids >= 0)[:, None], hard, soft), ids
+
+    def _streams(self, rows: list[int]) -> RowRandom | None:
+        """The random streams of `rows` (None without streams: a path that draws then raises)."""
+        return None if self.rand is None else self.rand.select(rows)
 
     def _end(self, b: int, reason: str) -> None:
         """Stops row b's thinking; the marker is forced from the next emitted position on."""

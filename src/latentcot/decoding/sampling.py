@@ -2,7 +2,15 @@
 
 Every row of a batch (one question x one sample) owns a `torch.Generator` seeded from (run seed, question id,
 sample index). All randomness a row consumes comes from its own stream, so sampled results depend only on the
-seed and the question, never on the batch it shares.
+seed and the question, never on the batch it shares. The streams never read, reseed or advance the global CPU or
+CUDA generators, and a sampling path called without streams raises instead of falling back to greedy or seed 0.
+
+The stream definition (version 1, `STREAM_VERSION`): row b's generator is `torch.Generator("cpu")` seeded with
+`row_seed(seed, question id, sample)`; uniforms are `torch.rand(shape, generator=g)`, normals `torch.randn`,
+Gamma draws `torch._standard_gamma` on a generator seeded from one `randint(0, 2**62)` of the row's stream.
+A Mersenne-Twister generator has no batched form, so the draws loop over rows in Python: about 2 us per row and
+draw, well under 1% of a decode step on every model benchmarked (README, Benchmarks), so the definition is kept
+and results for a given seed are those of earlier versions.
 """
 
 from __future__ import annotations
@@ -59,6 +67,23 @@ def row_seed(seed: int, key: str, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+STREAM_VERSION = 1
+
+
+class MissingRandomError(ValueError):
+    """A sampling path was called without per-row random streams (a programming error, not a user error)."""
+
+
+def require_random(rand: RowRandom | None, what: str) -> RowRandom:
+    """`rand`, or MissingRandomError naming the sampling path `what` that needs it."""
+    if rand is None:
+        raise MissingRandomError(
+            f"{what} draws random numbers but no per-row random streams were given: pass a RowRandom "
+            "(one stream per row, e.g. RowRandom([row_seed(seed, question_id, sample), ...]))"
+        )
+    return rand
+
+
 class RowRandom:
     """One random stream per row; draws are stacked into batch tensors.
 
@@ -80,25 +105,31 @@ class RowRandom:
 
     def uniform(self, *shape: int, rows: Sequence[int] | None = None) -> torch.Tensor:
         """(B, *shape) uniform [0, 1) draws, row b from its own stream."""
-        idx = range(len(self.generators)) if rows is None else rows
-        out = torch.stack([torch.rand(shape, generator=self.generators[b]) for b in idx])
+        gens = self.generators if rows is None else [self.generators[b] for b in rows]
+        out = torch.empty((len(gens), *shape))
+        for b, g in enumerate(gens):
+            torch.rand(shape, generator=g, out=out[b])
         return out.to(self.device)
 
     def normal(self, *shape: int) -> torch.Tensor:
         """(B, *shape) standard normal draws, row b from its own stream."""
-        out = torch.stack([torch.randn(shape, generator=g) for g in self.generators])
+        out = torch.empty((len(self.generators), *shape))
+        for b, g in enumerate(self.generators):
+            torch.randn(shape, generator=g, out=out[b])
         return out.to(self.device)
 
     def gamma(self, concentration: torch.Tensor) -> torch.Tensor:
-        """Gamma(concentration, 1) draws for a (B, K) concentration, row-wise streams (for Dirichlet noise)."""
-        # Marsaglia-Tsang needs a variable number of uniforms; torch's _standard_gamma takes no generator,
-        # so draw it on a per-row fork of the global RNG seeded from the row's stream.
+        """Gamma(concentration, 1) draws for a (B, K) concentration, row-wise streams (for Dirichlet noise).
+
+        Marsaglia-Tsang rejection consumes a variable number of draws, so each row's Gamma draws come from a
+        generator seeded by one 62-bit draw of its stream (the global generators are never touched).
+        """
+        conc = concentration.detach().float().cpu()  # (B, K)
         rows = []
         for b, g in enumerate(self.generators):
-            s = int(torch.randint(0, 2**62, (), generator=g))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s)
-                rows.append(torch._standard_gamma(concentration[b].detach().float().cpu()))
+            sub = torch.Generator(device="cpu")
+            sub.manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
+            rows.append(torch._standard_gamma(conc[b], generator=sub))
         return torch.stack(rows).to(concentration.device)
 
     def select(self, keep: Sequence[int]) -> RowRandom:
@@ -132,15 +163,27 @@ def filter_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p
 
 
 def sample_from(probs: torch.Tensor, rand: RowRandom) -> torch.Tensor:
-    """One token per row by inverse-CDF sampling with each row's own uniform draw. probs (B, V) -> ids (B,)."""
+    """One token per row by inverse-CDF sampling with each row's own uniform draw. probs (B, V) -> ids (B,).
+
+    Row b gets the first token whose cumulative mass exceeds u_b x total, so a token of probability 0 is never
+    returned (u = 0 picks the first token of positive probability, not token 0). Where rounding puts the
+    threshold at the total itself, the last token of positive probability is taken.
+    """
     u = rand.uniform()  # (B,)
-    cdf = probs.cumsum(-1)
-    ids = (cdf < u[:, None] * cdf[:, -1:]).sum(-1)
-    return ids.clamp(max=probs.shape[-1] - 1)
+    cdf = probs.cumsum(-1)  # (B, V)
+    ids = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)  # (B,)
+    positive = probs > 0  # (B, V)
+    ok = positive.gather(-1, ids[:, None])[:, 0]  # (B,); no host sync: the fix-up is computed for every row
+    last = torch.arange(probs.shape[-1], device=probs.device).masked_fill(~positive, -1).amax(-1)  # (B,)
+    return torch.where(ok, ids, last)
 
 
 def next_tokens(logits: torch.Tensor, cfg: GenerationConfig, rand: RowRandom | None) -> torch.Tensor:
-    """Greedy argmax (temperature 0) or a filtered sample. logits (B, V) -> ids (B,)."""
-    if cfg.greedy or rand is None:
+    """Greedy argmax (temperature 0) or a filtered sample. logits (B, V) -> ids (B,).
+
+    Sampling needs `rand` (MissingRandomError without it): there is no silent greedy or fixed-seed fallback.
+    """
+    if cfg.greedy:
         return logits.argmax(dim=-1)
+    rand = require_random(rand, f"sampling at temperature {cfg.temperature}")
     return sample_from(filter_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p), rand)

@@ -14,7 +14,7 @@ import torch
 from latentcot.config import check
 from latentcot.decoding.controllers import ThinkingController, ThoughtInputs
 from latentcot.decoding.engine import RowOutput
-from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
+from latentcot.decoding.sampling import GenerationConfig, RowRandom
 from latentcot.methods.base import Method, MethodConfig
 from latentcot.models.backbone import Backbone
 from latentcot.models.splice import tokens
@@ -65,8 +65,6 @@ class ThinkingMethod(Method):
     ) -> list[RowOutput]:
         rows = [[tokens(self.prompt_ids(ex, task))] for ex in examples]
         state = self.engine.prefill(self.splice_rows(rows))
-        if rand is None:
-            rand = RowRandom([row_seed(0, ex.id, 0) for ex in examples], self.backbone.device)
         ctrl = ThinkingController(self, gen, rand, len(examples))
         force = max(len(self.marker_ids), len(self.marker_sep_ids))
         # Soft steps emit no tokens; the engine's budget is an upper bound, the controller ends each row after

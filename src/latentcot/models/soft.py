@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from latentcot.decoding.sampling import RowRandom
+from latentcot.decoding.sampling import RowRandom, require_random
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 
@@ -96,11 +96,12 @@ def dense_mixture(probs: torch.Tensor, matrix: torch.Tensor, scale: float = 1.0)
     return (probs.to(matrix.dtype) @ matrix).float() * scale
 
 
-def dirichlet_perturb(weights: torch.Tensor, gamma: float, rand: RowRandom) -> torch.Tensor:
+def dirichlet_perturb(weights: torch.Tensor, gamma: float, rand: RowRandom | None) -> torch.Tensor:
     """p' ~ Dir(gamma * p) on the support of p (Stochastic Soft Thinking). weights (B, k) -> (B, k).
 
     Small gamma gives near one-hot draws, large gamma stays close to p. Each row draws from its own stream.
     """
+    rand = require_random(rand, "Dirichlet noise (randomness=dirichlet)")
     support = weights > 0
     conc = (gamma * weights.float()).clamp_min(1e-6)  # (B, k); zero slots masked below
     draws = rand.gamma(conc).to(weights.device) * support  # (B, k)
@@ -135,8 +136,9 @@ def dirichlet_top_k(
     return top / top.sum(-1, keepdim=True), ids.gather(-1, pos)
 
 
-def gumbel_noise(rand: RowRandom, k: int) -> torch.Tensor:
+def gumbel_noise(rand: RowRandom | None, k: int) -> torch.Tensor:
     """(B, k) standard Gumbel draws -log(-log u), row b from its own stream."""
+    rand = require_random(rand, "Gumbel noise (randomness=gumbel)")
     u = rand.uniform(k).clamp(1e-10, 1.0 - 1e-7)  # (B, k)
     return -torch.log(-torch.log(u))
 
@@ -160,8 +162,9 @@ def noise_sigma(matrix: torch.Tensor, scale: float = 0.33, embed_scale: float = 
     return scale * embed_scale * (total / matrix.numel()) ** 0.5
 
 
-def add_gaussian_noise(h: torch.Tensor, sigma: float, rand: RowRandom) -> torch.Tensor:
+def add_gaussian_noise(h: torch.Tensor, sigma: float, rand: RowRandom | None) -> torch.Tensor:
     """h + sigma * N(0, I), each row's noise from its own stream. h (B, d) -> (B, d)."""
+    rand = require_random(rand, "Gaussian input noise (fuzzy/soft tokens when sampling)")
     return h + sigma * rand.normal(h.shape[-1]).to(h.device, h.dtype)
 
 
