@@ -53,6 +53,9 @@ class RunConfig:
         launcher); each shard resumes on its own and the shards merge into one samples.jsonl / metrics.json.
     shard: run only this shard (e.g. a SLURM array task); default: the launcher's rank, or every shard in turn.
     backend: "engine" (built in) or "vllm" (plain-prompt methods only; `pip install 'latentcot[vllm]'`).
+    refill: continuous batching in `eval`: a finished row's slot takes the next question at once (outputs are the
+        same as with static batches). Default (unset): on for methods that can refill, off for the others;
+        true with a method that cannot refill is an error.
     """
 
     method: str = "cot"
@@ -74,6 +77,7 @@ class RunConfig:
     num_shards: int = 0
     shard: int | None = None
     backend: str = "engine"
+    refill: bool | None = None
 
     def __post_init__(self) -> None:
         if self.seed is not None:
@@ -249,7 +253,7 @@ def select_examples(task: Task, split: str | None, offset: int, limit: int) -> l
 # training: an evaluation directory ignores them, a training directory compares them (and the seed).
 # task.source: runs made before source=auto became the default say "local"; auto reads the same local files.
 _FREE = {"run.progress", "run.batch_size", "run.limit", "run.offset", "run.seeds", "run.seed", "run.out", "run.device", "run.eval_limit",
-         "run.shard", "train.save_every", "task.source"}
+         "run.shard", "run.refill", "train.save_every", "task.source"}
 _FREE_EVAL = ("train.",)
 
 
@@ -343,19 +347,29 @@ def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None 
     preflight(res, out)
     check_resume(out, res)
     check_shard_layout(out, n)
+    if res.run.refill and not method_class(res.run.method).refills:
+        raise ConfigError(
+            f"refill: method {res.run.method!r} cannot refill (its rows do not all run one start state + the "
+            "token loop, e.g. they switch phases under a controller): drop refill=true or set refill=false"
+        )
     built = method is None or task is None
     if built:
         method, task = build(res)
+    from latentcot.eval.runner import can_refill
+
+    refill = can_refill(method) if res.run.refill is None else res.run.refill
+    if refill and not can_refill(method):
+        raise ConfigError(f"refill: method {res.run.method!r} decodes through another backend here; set refill=false")
     examples = select_examples(task, res.run.split, res.run.offset, res.run.limit)
     check_context(method, task, examples, res.generation.max_new_tokens)
     warning = warn_untrained(method, res.run.weights) if built else None
     save_config(out, res)  # the first write: settings, model, weights and data are all checked by now
     if n == 1:
         metrics = evaluate(method, task, examples, res.generation, res.run.seeds, out, res.run.batch_size,
-                           res.run.progress)
+                           res.run.progress, refill=refill)
         return record_warnings(out, metrics, [warning] if warning else [])
     return evaluate_sharded(method, task, examples, res.generation, res.run.seeds, out, n, mine, res.run.batch_size,
-                            res.run.progress)
+                            res.run.progress, refill=refill)
 
 
 def train_run(res: Resolved, method: Method | None = None, task: Task | None = None) -> dict[str, Any]:

@@ -14,17 +14,22 @@ switch between soft and hard steps at different times.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from latentcot.decoding.rows import append_rows, select_rows, supports_rows
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens
+from latentcot.decoding.stopping import StopMatcher
 from latentcot.models.backbone import Backbone
 from latentcot.models.compat import output_cache
 from latentcot.models.splice import Piece, Spliced, splice
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +44,8 @@ class DecodeState:
         hidden: (B, d) last-layer hidden state at the last input (None unless asked for).
         prefill_tokens: (B,) real (unpadded) positions fed at prefill.
         steps: (B,) decode steps each row has taken (token, latent and soft steps alike).
+        lengths: per row, real (unpadded) positions fed so far, kept on the host so that length checks and
+            row surgery need no device-to-host transfer; each row's positions are the last lengths[b] columns.
     """
 
     cache: object
@@ -48,6 +55,7 @@ class DecodeState:
     hidden: torch.Tensor | None
     prefill_tokens: torch.Tensor
     steps: torch.Tensor
+    lengths: list[int] = field(default_factory=list)
 
     @property
     def batch_size(self) -> int:
@@ -105,7 +113,9 @@ class Engine:
     def prefill(self, batch: Spliced, want_hidden: bool = False) -> DecodeState:
         """Feeds a left-padded batch; returns the state after its last position."""
         mask = batch.attention_mask
-        self.bb.check_length(int(mask.sum(-1).max()))
+        lengths = mask.sum(-1)  # (B,)
+        host = lengths.tolist()
+        self.bb.check_length(max(host))
         out = self._forward(batch.inputs_embeds, mask, batch.position_ids, None, want_hidden)
         return DecodeState(
             cache=output_cache(out),
@@ -113,8 +123,9 @@ class Engine:
             next_position=batch.position_ids[:, -1] + 1,
             logits=out.logits[:, -1].float(),
             hidden=out.hidden_states[-1][:, -1] if want_hidden else None,
-            prefill_tokens=mask.sum(-1),
+            prefill_tokens=lengths,
             steps=torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device),
+            lengths=host,
         )
 
     @torch.no_grad()
@@ -125,7 +136,9 @@ class Engine:
         B, n, _ = embeds.shape
         ones = torch.ones(B, n, dtype=state.attention_mask.dtype, device=embeds.device)
         mask = torch.cat([state.attention_mask, ones], dim=1)  # (B, T+n)
-        self.bb.check_length(int(state.next_position.max()) + n, "sequence")
+        if not state.lengths:  # a state built by hand: one transfer to learn the row lengths
+            state.lengths = state.attention_mask.sum(-1).tolist()
+        self.bb.check_length(max(state.lengths) + n, "sequence")
         pos = state.next_position[:, None] + torch.arange(n, device=embeds.device)  # (B, n)
         out = self._forward(embeds.to(self.bb.dtype), mask, pos, state.cache, want_hidden)
         state.cache = output_cache(out)
@@ -134,6 +147,7 @@ class Engine:
         state.logits = out.logits[:, -1].float()
         state.hidden = out.hidden_states[-1][:, -1] if want_hidden else None
         state.steps = state.steps + n
+        state.lengths = [t + n for t in state.lengths]
         return state
 
     def step_tokens(self, state: DecodeState, ids: torch.Tensor, want_hidden: bool = False) -> DecodeState:
@@ -165,6 +179,9 @@ class Engine:
     ) -> list[RowOutput]:
         """Decodes until every row has stopped (EOS, a stop string, or `cfg.max_new_tokens` hard tokens).
 
+        Without a controller, finished rows leave the batch (their cache rows are dropped), so the batch never
+        computes for them; with one, the batch stays rectangular because the controller indexes rows by position.
+
         Args:
             state: after prefill (and any latent steps).
             cfg: sampling and stopping settings.
@@ -173,70 +190,205 @@ class Engine:
             max_steps: cap on all steps (hard + soft), default `cfg.max_new_tokens` plus nothing.
             want_hidden: keep the last hidden state on the state at each step (for controllers that need it).
         """
+        if controller is not None:
+            return self._generate_controlled(state, cfg, rand, controller, max_steps, want_hidden)
+        outs: list[RowOutput] = [None] * state.batch_size  # type: ignore[list-item]
+        for i, out in self._token_loop(state, list(range(state.batch_size)), cfg, rand, max_steps, want_hidden):
+            outs[i] = out
+        return outs
+
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        start: Callable[[list[int]], DecodeState],
+        count: int,
+        batch_size: int,
+        cfg: GenerationConfig,
+        streams: Callable[[list[int]], RowRandom | None],
+    ) -> Iterator[tuple[int, RowOutput]]:
+        """Continuous batching (refill) over `count` items: when rows finish, the next items take their slots.
+
+        Each item is decoded as `generate` decodes it in a static batch (its own prefill, its own random stream,
+        per-row positions and masks), so its output does not depend on which items share the batch.
+
+        Args:
+            start: item indices -> their decode state after prefill (and any latent steps), one row per item.
+            count: number of items.
+            batch_size: most rows decoded at once.
+            cfg: sampling and stopping settings.
+            streams: item indices -> their random streams (None when decoding is greedy).
+        Yields:
+            (item index, its RowOutput) as rows finish (not in item order).
+        """
+        first = list(range(min(batch_size, count)))
+        if not first:
+            return
+        state = start(first)
+        if not supports_rows(state.cache):
+            log.info("this model's KV cache cannot drop or add rows: decoding in static batches instead")
+            for lo in range(0, count, batch_size):
+                items = list(range(lo, min(lo + batch_size, count)))
+                yield from zip(items, self.generate(state if lo == 0 else start(items), cfg, streams(items)))
+            return
+        pending = iter(range(len(first), count))
+
+        def feed(n: int) -> tuple[DecodeState, list[int], RowRandom | None, float] | None:
+            items = [i for _, i in zip(range(n), pending)]
+            if not items:
+                return None
+            t0 = time.perf_counter()
+            new = start(items)
+            return new, items, streams(items), time.perf_counter() - t0
+
+        yield from self._token_loop(state, first, cfg, streams(first), None, False, feed)
+
+    def _token_loop(self, state, items, cfg, rand, max_steps, want_hidden, feed=None) -> Iterator[tuple[int, RowOutput]]:
+        """Token steps until every row is done; yields (item, RowOutput) as rows finish.
+
+        One device-to-host transfer per step (the chosen ids). Finished rows are dropped from the batch when the
+        cache allows it (else they feed pad tokens and their outputs are ignored); `feed(n)` may give new rows
+        (state, items, streams, seconds spent) that are appended in their place.
+        """
+        eos = set() if cfg.ignore_eos else set(self.bb.eos_ids)
+        stop = self._stop_matcher(cfg.stop)
+        limit = max_steps if max_steps is not None else cfg.max_new_tokens
+        compact = supports_rows(state.cache)
+        rows = _Row.start(state, items)
+        last = time.perf_counter()
+        while rows:
+            ids = next_tokens(state.logits, cfg, rand)  # (B,)
+            chosen = ids.tolist()  # the step's one device-to-host transfer
+            done = [b for b, (r, t) in enumerate(zip(rows, chosen)) if not r.finished and r.take(t, eos, stop, cfg.max_new_tokens, limit)]
+            now = time.perf_counter()
+            live = sum(not r.finished for r in rows) + len(done)
+            for r in rows:
+                if not r.finished or r.ended_now:
+                    r.seconds += (now - last) / live
+                r.ended_now = False
+            for b in done:
+                yield rows[b].item, rows[b].output(self.bb, stop)
+            new = None
+            if done and compact:
+                keep = [b for b, r in enumerate(rows) if not r.finished]
+                if keep and len(keep) < len(rows):
+                    state = select_rows(state, keep)
+                    ids = ids[keep]
+                    rand = None if rand is None else rand.select(keep)
+                rows = [rows[b] for b in keep]
+                new = feed(len(done)) if feed is not None else None
+            if any(not r.finished for r in rows):
+                if not compact and len(rows) > sum(not r.finished for r in rows):  # finished rows feed pad tokens
+                    alive = torch.tensor([not r.finished for r in rows], device=ids.device)
+                    ids = torch.where(alive, ids, torch.full_like(ids, self.bb.tokenizer.pad_token_id or 0))
+                state = self.step(state, self.bb.embed(ids), want_hidden)
+            else:
+                rows = []
+            if new is not None:
+                new_state, new_items, new_rand, seconds = new
+                fresh = _Row.start(new_state, new_items)
+                for r in fresh:
+                    r.seconds = seconds / len(fresh)
+                if rows:
+                    state = append_rows(state, new_state)
+                    rand = None if rand is None else RowRandom.concat([rand, new_rand])
+                else:
+                    state, rand = new_state, new_rand
+                rows = rows + fresh
+                last = time.perf_counter()
+
+    def _stop_matcher(self, stops: Sequence[str]) -> StopMatcher | None:
+        """The stop-string matcher for `stops` (built once per engine and stop list)."""
+        stops = [s for s in stops if s]
+        if not stops:
+            return None
+        key = tuple(stops)
+        cache = self.__dict__.setdefault("_stops", {})
+        if key not in cache:
+            cache[key] = StopMatcher(self.bb.tokenizer, stops)
+        return cache[key]
+
+    def _generate_controlled(self, state, cfg, rand, controller, max_steps, want_hidden) -> list[RowOutput]:
+        """The token loop for methods whose rows mix soft / latent and hard steps under a `Controller`."""
         t0 = time.perf_counter()
         B = state.batch_size
         dev = state.logits.device
         eos = set() if cfg.ignore_eos else set(self.bb.eos_ids)
-        pad_id = self.bb.tokenizer.pad_token_id or 0
-        tokens: list[list[int]] = [[] for _ in range(B)]
-        soft = [0] * B
-        reason = ["length"] * B
-        cut_text: list[str | None] = [None] * B
-        active = torch.ones(B, dtype=torch.bool, device=dev)
-        start_steps = state.steps.clone()  # latent / forced steps taken before this loop
-        choices = [0] * B  # one per step in which the row chose an input (hard token, EOS, or soft/latent)
+        stop = self._stop_matcher(cfg.stop)
+        rows = _Row.start(state, list(range(B)))
         limit = max_steps if max_steps is not None else cfg.max_new_tokens
-        longest_stop = max((len(s) for s in cfg.stop), default=0)
+        active = torch.ones(B, dtype=torch.bool, device=dev)
         for _ in range(limit):
-            if controller is None:
-                ids = next_tokens(state.logits, cfg, rand)  # (B,)
-                embeds = None
-            else:
-                embeds, ids = controller.inputs(state, active)
+            embeds, ids = controller.inputs(state, active)
             chosen = ids.tolist()
-            for b in torch.nonzero(active).flatten().tolist():
-                choices[b] += 1
-                t = chosen[b]
+            for b, t in enumerate(chosen):
+                r = rows[b]
+                if r.finished:
+                    continue
                 if t < 0:
-                    soft[b] += 1
-                    continue
-                if t in eos:
-                    reason[b] = "eos"
+                    r.choices += 1
+                    r.soft += 1
+                elif r.take(t, eos, stop, cfg.max_new_tokens, limit + 1):
                     active[b] = False
-                    continue
-                tokens[b].append(t)
-                if longest_stop:
-                    tail = self.bb.tokenizer.decode(tokens[b][-(longest_stop + 8) :], skip_special_tokens=True)
-                    if any(s in tail for s in cfg.stop):
-                        text = self.bb.decode(tokens[b])
-                        cut = min(text.find(s) for s in cfg.stop if s in text)
-                        cut_text[b] = text[:cut]
-                        reason[b] = "stop"
-                        active[b] = False
-                        continue
-                if len(tokens[b]) >= cfg.max_new_tokens:
-                    active[b] = False
-            if not bool(active.any()):
+            if all(r.finished for r in rows):
                 break
             # Finished rows still take a step (their outputs are ignored); keeps the batch rectangular.
-            if embeds is None:
-                safe = torch.where(active, ids, torch.full_like(ids, pad_id))
-                embeds = self.bb.embed(safe)
             state = self.step(state, embeds, want_hidden)
         seconds = (time.perf_counter() - t0) / B
         outs = []
-        for b in range(B):
-            text = cut_text[b] if cut_text[b] is not None else self.bb.decode(tokens[b])
-            steps = int(start_steps[b]) + choices[b]
-            outs.append(
-                RowOutput(
-                    token_ids=tokens[b],
-                    text=text,
-                    finish_reason=reason[b],
-                    soft_steps=soft[b],
-                    decode_steps=steps,
-                    prefill_tokens=int(state.prefill_tokens[b]),
-                    seconds=seconds,
-                )
-            )
+        for r in rows:
+            r.seconds = seconds
+            outs.append(r.output(self.bb, stop))
         return outs
+
+
+class _Row:
+    """Host-side record of one row during the token loop."""
+
+    __slots__ = ("item", "tokens", "choices", "soft", "reason", "cut", "finished", "ended_now", "start_steps",
+                 "prefill", "seconds")
+
+    def __init__(self, item: int, start_steps: int, prefill: int) -> None:
+        self.item = item
+        self.tokens: list[int] = []
+        self.choices = 0  # steps in which the row chose an input (hard token, EOS, or soft/latent)
+        self.soft = 0
+        self.reason = "length"
+        self.cut: str | None = None
+        self.finished = False
+        self.ended_now = False
+        self.start_steps = start_steps  # latent / forced steps taken before the loop
+        self.prefill = prefill
+        self.seconds = 0.0
+
+    @staticmethod
+    def start(state: DecodeState, items: Sequence[int]) -> list[_Row]:
+        steps, prefill = state.steps.tolist(), state.prefill_tokens.tolist()
+        return [_Row(i, s, p) for i, s, p in zip(items, steps, prefill)]
+
+    def take(self, t: int, eos: set[int], stop: StopMatcher | None, max_new: int, limit: int) -> bool:
+        """Records chosen token `t`; True when the row ends with it."""
+        self.choices += 1
+        if t in eos:
+            self.reason = "eos"
+        else:
+            self.tokens.append(t)
+            if stop is not None and stop.hit(self.tokens):
+                self.reason = "stop"
+            elif len(self.tokens) < max_new and self.choices < limit:
+                return False
+        self.finished = self.ended_now = True
+        return True
+
+    def output(self, bb: Backbone, stop: StopMatcher | None) -> RowOutput:
+        text = bb.decode(self.tokens)
+        if self.reason == "stop" and stop is not None:
+            text = stop.cut(text)
+        return RowOutput(
+            token_ids=self.tokens,
+            text=text,
+            finish_reason=self.reason,
+            soft_steps=self.soft,
+            decode_steps=self.start_steps + self.choices,
+            prefill_tokens=self.prefill,
+            seconds=self.seconds,
+        )

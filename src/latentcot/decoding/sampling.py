@@ -132,6 +132,13 @@ class RowRandom:
             rows.append(torch._standard_gamma(conc[b], generator=sub))
         return torch.stack(rows).to(concentration.device)
 
+    @classmethod
+    def concat(cls, parts: Sequence[RowRandom]) -> RowRandom:
+        """The rows of `parts`, in order (same generator objects)."""
+        new = cls([], parts[0].device)
+        new.generators = [g for p in parts for g in p.generators]
+        return new
+
     def select(self, keep: Sequence[int]) -> RowRandom:
         """A view over a subset of rows (same generator objects)."""
         new = RowRandom([], self.device)

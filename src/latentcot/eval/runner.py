@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from latentcot import atomic
@@ -69,6 +70,49 @@ def sample_key(qid: str, seed: int, sample: int) -> tuple[str, int, int]:
     return (str(qid), int(seed), int(sample))
 
 
+def can_refill(method: Method) -> bool:
+    """Whether the runner can refill `method`'s batches: its generation is one start state + the engine's token
+    loop (`Method.refills`), decoded by the engine itself (not another backend such as vLLM)."""
+    return bool(method.refills) and method.generator is method.engine
+
+
+def _refill(method: Method, task: Task, todo, gen: GenerationConfig, batch_size: int, path: Path, bar) -> None:
+    """Continuous batching over `todo`. Records are appended in `todo` order (as a static run writes them): each
+    as soon as it and every earlier one have finished, batch_size records per write + fsync."""
+    device = method.backbone.device
+
+    def start(idx: list[int]):
+        return method.start_state([todo[i][0] for i in idx], task)
+
+    def streams(idx: list[int]) -> RowRandom:
+        return RowRandom([row_seed(todo[i][1], todo[i][0].id, todo[i][2]) for i in idx], device)
+
+    was = method.training
+    method.eval()
+    written = 0
+    ready: dict[int, dict[str, Any]] = {}
+    pending: list[dict[str, Any]] = []
+    try:
+        with torch.no_grad():
+            for i, out in method.engine.generate_stream(start, len(todo), batch_size, gen, streams):
+                ex, seed, s = todo[i]
+                out = method.finish_outputs([ex], [out])[0]
+                rec = {"id": ex.id, "seed": seed, "sample": s, "gold": ex.answer, **output_row(out)}
+                rec.update(task.score(ex, out.text))
+                ready[i] = rec
+                bar.update(1)
+                while written in ready:
+                    pending.append(ready.pop(written))
+                    written += 1
+                if len(pending) >= batch_size:
+                    atomic.append_json(path, pending)
+                    pending = []
+        if pending:
+            atomic.append_json(path, pending)
+    finally:
+        method.train(was)
+
+
 def evaluate(
     method: Method,
     task: Task,
@@ -79,8 +123,14 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     ks: Sequence[int] | None = None,
+    refill: bool = False,
 ) -> dict[str, Any]:
-    """Generates every missing (question, seed, sample), appends the records, writes and returns metrics."""
+    """Generates every missing (question, seed, sample), appends the records, writes and returns metrics.
+
+    With `refill` (continuous batching; needs `can_refill(method)`), a finished row's slot takes the next
+    (question, seed, sample) at once instead of waiting for its whole batch; each row's output is the same as in
+    a static batch, and records are appended as rows finish.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SAMPLES
@@ -96,20 +146,23 @@ def evaluate(
     if done:
         log.info("resuming: %d samples done, %d to go", len(done), len(todo))
     bar = tqdm(total=len(todo), desc=f"eval {method.name} on {task.name}", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        rand = RowRandom([row_seed(seed, ex.id, s) for ex, seed, s in chunk], method.backbone.device)
-        t0 = time.perf_counter()
-        outs = generate_batched(method, [ex for ex, _, _ in chunk], task, gen, rand)
-        wall = time.perf_counter() - t0
-        recs = []
-        for (ex, seed, s), out in zip(chunk, outs):
-            rec = {"id": ex.id, "seed": seed, "sample": s, "gold": ex.answer, **output_row(out)}
-            rec["seconds"] = wall / len(chunk)
-            rec.update(task.score(ex, out.text))
-            recs.append(rec)
-        atomic.append_json(path, recs)  # one write + fsync per batch: a kill tears at most the last line
-        bar.update(len(chunk))
+    if refill:
+        _refill(method, task, todo, gen, batch_size, path, bar)
+    else:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            rand = RowRandom([row_seed(seed, ex.id, s) for ex, seed, s in chunk], method.backbone.device)
+            t0 = time.perf_counter()
+            outs = generate_batched(method, [ex for ex, _, _ in chunk], task, gen, rand)
+            wall = time.perf_counter() - t0
+            recs = []
+            for (ex, seed, s), out in zip(chunk, outs):
+                rec = {"id": ex.id, "seed": seed, "sample": s, "gold": ex.answer, **output_row(out)}
+                rec["seconds"] = wall / len(chunk)
+                rec.update(task.score(ex, out.text))
+                recs.append(rec)
+            atomic.append_json(path, recs)  # one write + fsync per batch: a kill tears at most the last line
+            bar.update(len(chunk))
     bar.close()
     wanted = {sample_key(ex.id, seed, s) for seed in seeds for ex in examples for s in range(gen.num_samples)}
     records = [r for r in read_samples(path) if sample_key(r["id"], r["seed"], r["sample"]) in wanted]

@@ -94,6 +94,7 @@ def evaluate_sharded(
     shards: Sequence[int],
     batch_size: int = 8,
     progress: bool = True,
+    refill: bool = False,
 ) -> dict[str, Any] | None:
     """Runs (or resumes) `shards` of an n-way sharded run, then merges when every shard is complete.
 
@@ -103,7 +104,7 @@ def evaluate_sharded(
     for i in shards:
         part = shard_examples(examples, i, num_shards)
         if part:
-            evaluate(method, task, part, gen, seeds, shard_dir(out_dir, i, num_shards), batch_size, progress)
+            evaluate(method, task, part, gen, seeds, shard_dir(out_dir, i, num_shards), batch_size, progress, refill=refill)
     return merge(method, task, examples, gen, seeds, out_dir, num_shards)
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from latentcot.decoding.backend import GenerationBackend
-from latentcot.decoding.engine import Engine, RowOutput
+from latentcot.decoding.engine import DecodeState, Engine, RowOutput
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
 from latentcot.errors import CheckpointError
 from latentcot.models.backbone import Backbone
@@ -105,12 +105,28 @@ class Method(nn.Module):
         bb = self.backbone
         return splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0, padding_side)
 
+    def prompt_rows(self, examples: Sequence[Example], task: Task) -> list[list[Piece]]:
+        """The backbone's prompt of each example as splice pieces (default: the chat prompt's tokens)."""
+        return [[tokens(self.prompt_ids(ex, task))] for ex in examples]
+
     def generate(
         self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
     ) -> list[RowOutput]:
         """Default: plain prompts, then hard-token generation."""
-        rows = [[tokens(self.prompt_ids(ex, task))] for ex in examples]
-        return self.generator.generate_rows(rows, gen, rand)
+        return self.generator.generate_rows(self.prompt_rows(examples, task), gen, rand)
+
+    # --- refill (continuous batching in the evaluation runner) --------------------------------------------------
+    # A method sets `refills = True` when its `generate` is exactly `finish_outputs(engine.generate(
+    # start_state(...)))`: the runner can then start new questions in the slots of finished rows.
+    refills: ClassVar[bool] = False
+
+    def start_state(self, examples: Sequence[Example], task: Task) -> DecodeState:
+        """The decode state the token loop starts from: prefill (and, for latent methods, the latent steps)."""
+        return self.engine.prefill(self.splice_rows(self.prompt_rows(examples, task)))
+
+    def finish_outputs(self, examples: Sequence[Example], outs: list[RowOutput]) -> list[RowOutput]:
+        """Per-row records a method adds after the token loop (default: none)."""
+        return outs
 
     def extra_metrics(self, records: Sequence[dict[str, Any]], task: Task) -> dict[str, Any]:
         """Method-specific metrics over an evaluation's sample records, merged into metrics.json (default none)."""

@@ -9,3 +9,5 @@ from latentcot.methods.base import Method, register
 @register("cot")
 class CoT(Method):
     """Hard-token CoT: the prompt, then ordinary generation through the shared engine."""
+
+    refills = True

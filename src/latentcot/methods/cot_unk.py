@@ -18,8 +18,6 @@ import torch
 from torch import nn
 
 from latentcot.config import check
-from latentcot.decoding.engine import RowOutput
-from latentcot.decoding.sampling import GenerationConfig, RowRandom
 from latentcot.errors import ConfigError
 from latentcot.methods.base import LossOutput, Method, MethodConfig, register
 from latentcot.methods.softcot import split_prompt
@@ -80,10 +78,10 @@ class CoTUnk(Method):
             out.append(row)
         return out
 
-    def generate(
-        self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
-    ) -> list[RowOutput]:
-        return self.generator.generate_rows(self.rows(examples, task), gen, rand)
+    refills = True
+
+    def prompt_rows(self, examples: Sequence[Example], task: Task) -> list[list[Piece]]:
+        return self.rows(examples, task)
 
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         if self.prompt_embeds is None:

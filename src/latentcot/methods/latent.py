@@ -108,13 +108,20 @@ class LatentMethod(Method):
         eot = torch.full((state.batch_size,), self.eot_id, dtype=torch.long, device=state.logits.device)
         return self.engine.step_tokens(state, eot)
 
-    def generate(
-        self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
-    ) -> list[RowOutput]:
-        outs = self.engine.generate(self.latent_state(examples, task), gen, rand)
+    refills = True
+
+    def start_state(self, examples: Sequence[Example], task: Task) -> DecodeState:
+        return self.latent_state(examples, task)
+
+    def finish_outputs(self, examples: Sequence[Example], outs: list[RowOutput]) -> list[RowOutput]:
         for o in outs:
             o.latent_steps = self.eval_thoughts
         return outs
+
+    def generate(
+        self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None
+    ) -> list[RowOutput]:
+        return self.finish_outputs(examples, self.engine.generate(self.start_state(examples, task), gen, rand))
 
     @torch.no_grad()
     def thought_logits(self, examples: Sequence[Example], task: Task) -> torch.Tensor:
