@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/soft_step.py
 	$(PY) bench/coconut.py
 	$(PY) bench/softcot.py
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) runs

@@ -2,7 +2,7 @@
 forward over the whole sequence at every latent and answer step), and decode steps per question of codi vs
 cot_sft.
 
-    .venv/bin/python bench/coconut.py [--questions 64] [--batch 32] [--thoughts 6] [--demo-dir runs/demo]
+    .venv/bin/python bench/coconut.py [--questions 64] [--batch 32] [--demo-dir runs/demo] [--train] [--threads 1]
 
 Both generators run the same Coconut model (the demo's 4-layer d=128 GPT-2 over pointer_chase's words; trained
 weights from --demo-dir when that run exists) on the same questions with greedy decoding; the bench checks that
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import preflight, verdict
 
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.methods import build_method
@@ -47,6 +48,16 @@ def cacheless_generate(method, ex, task, n: int, max_new_tokens: int) -> list[in
         out.append(t)
         seq = torch.cat([seq, bb.embed(torch.tensor([t]))], dim=0)
     return out
+
+
+def train_demo_coconut(demo_dir: Path) -> None:
+    """Trains the demo's pointer_chase cot_sft and coconut arms (the demo's own settings and code) into demo_dir."""
+    from latentcot.demo import DemoSettings, arms, run_arm
+
+    s = DemoSettings()
+    for arm in arms(s, "pointer_chase"):
+        if arm.method in ("cot_sft", "coconut"):
+            run_arm(s, "pointer_chase", arm, demo_dir, progress=False)
 
 
 def throughput(args: argparse.Namespace) -> dict:
@@ -105,10 +116,17 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2, help="timings are the best of this many runs")
     p.add_argument("--demo-dir", default="runs/demo")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train", action="store_true",
+                   help="train the demo's cot_sft and coconut pointer_chase arms into --demo-dir when they are missing")
+    p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    trained = Path(args.demo_dir) / "pointer_chase" / "coconut" / "trainable.safetensors"
+    if args.train and not trained.is_file():
+        print(f"training the demo's pointer_chase cot_sft and coconut arms into {args.demo_dir} (the demo's settings)")
+        train_demo_coconut(Path(args.demo_dir))
+    watch = preflight(args.allow_contended)
     t = throughput(args)
     print(f"Coconut generation, {t['thoughts']} thoughts + <eot> + up to {args.max_new_tokens} answer tokens "
           f"({'trained demo weights' if t['trained_weights'] else 'untrained weights'}):")
@@ -124,6 +142,9 @@ def main() -> None:
     for r in decode_steps(args):
         demo = [f"{r[k]:.1f} ({r[k + '_acc']:.0f}%)" if k in r else "-" for k in ("demo_cot_sft", "demo_codi")]
         print(f"| {r['task']} | {r['gold_cot_sft']:.1f} | {r['gold_codi']:.1f} | {demo[0]} | {demo[1]} |")
+    print(f"weights: {trained if t['trained_weights'] else 'untrained (run with --train or `latentcot demo` first)'}; "
+          f"{torch.get_num_threads()} thread(s)")
+    print(verdict(watch))
 
 
 if __name__ == "__main__":

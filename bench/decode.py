@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from machine import preflight, verdict
 
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import GenerationConfig
@@ -91,8 +92,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--shape", help="d,layers,heads: a random Llama of that shape instead of --model")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     bb = load(args)
+    watch = preflight(args.allow_contended)
     print(f"model {bb.name} on {torch.cuda.get_device_name() if bb.device.type == 'cuda' else 'cpu'} in {args.dtype}, {args.steps} decode steps, greedy, median of {args.repeats} runs (prefill included on both sides)")
     print(f"{'batch':>5} {'engine ms/step':>15} {'HF ms/step':>11} {'ratio':>6}")
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
@@ -104,6 +109,7 @@ def main() -> None:
             hf.append(time_hf(bb, texts, args.steps))
         e, h = statistics.median(eng) / args.steps * 1e3, statistics.median(hf) / args.steps * 1e3
         print(f"{bs:>5} {e:>15.2f} {h:>11.2f} {e / h:>6.2f}x")
+    print(f"{torch.get_num_threads()} thread(s); {verdict(watch)}")
 
 
 if __name__ == "__main__":

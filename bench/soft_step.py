@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine import preflight, verdict
 
 from latentcot.decoding.engine import DecodeState, Engine
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
@@ -85,16 +86,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--top-k", type=int, default=15)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     bb = Backbone(model, tok, args.model)
     texts = [bb.chat_prompt(QUESTIONS[i % len(QUESTIONS)] + " " * (i % 3)) for i in range(args.batch)]
     table = modes(bb, args.top_k, args.batch)
     for make in table.values():  # warm-up
         time_mode(bb, texts, 2, make)
+    watch = preflight(args.allow_contended)
     runs: dict[str, list[float]] = {name: [] for name in table}
     for _ in range(args.repeats):  # interleaved so every mode sees the same machine load
         for name, make in table.items():
@@ -108,6 +110,7 @@ def main() -> None:
     for name, times in runs.items():
         t = statistics.median(times)
         print(f"{name:<12} {t / args.steps * 1e3:>9.3f} {t / hard:>7.2f}x")
+    print(verdict(watch))
 
 
 if __name__ == "__main__":

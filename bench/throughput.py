@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,8 +43,8 @@ req = json.load(open(sys.argv[1]))
 import torch
 torch.set_num_threads(req["threads"])
 from vllm import LLM, SamplingParams
-llm = LLM(model=req["model_dir"], dtype="float32", max_model_len=req["max_len"], seed=0,
-          max_num_seqs=req["batch"], enforce_eager=False)
+llm = LLM(model=req["model_dir"], tokenizer=req["model_dir"], dtype="float32", max_model_len=req["max_len"], seed=0,
+          max_num_seqs=req["batch"], enforce_eager=True, enable_prefix_caching=False)
 sp = SamplingParams(temperature=0.0, max_tokens=req["max_new_tokens"], stop_token_ids=req["eos"], detokenize=False)
 prompts = [{"prompt_token_ids": p} for p in req["prompts"]]
 llm.generate(prompts[:2], sp, use_tqdm=False)  # warm-up
@@ -110,8 +111,10 @@ def run_vllm(python: str, bb: Backbone, prompts, gen, batch: int, threads: int) 
                "batch": batch, "threads": threads, "max_len": max(len(p) for p in prompts) + gen.max_new_tokens + 8}
         (Path(tmp) / "req.json").write_text(json.dumps(req))
         (Path(tmp) / "worker.py").write_text(VLLM_WORKER)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2",
+               "VLLM_CPU_OMP_THREADS_BIND": ",".join(str(i) for i in range(threads))}
         subprocess.run([python, str(Path(tmp) / "worker.py"), str(Path(tmp) / "req.json"), str(Path(tmp) / "out.json")],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, env=env)
         res = json.loads((Path(tmp) / "out.json").read_text())
     return res["wall"], res["tokens"]
 
@@ -119,9 +122,9 @@ def run_vllm(python: str, bb: Backbone, prompts, gen, batch: int, threads: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--questions", type=int, default=48, help="first N GSM8K test questions")
+    ap.add_argument("--questions", type=int, default=32, help="first N GSM8K test questions")
     ap.add_argument("--batch-sizes", default="8,32")
-    ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vllm", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--vllm-python", help="an interpreter that has vllm (e.g. /work/venvs/vllm/bin/python)")

@@ -71,11 +71,12 @@ def test_killed_shard_resumes_without_redoing_work(single, tmp_path, monkeypatch
         return real(method, examples, *a, **k)
 
     monkeypatch.setattr(runner, "generate_batched", dies_on_third_batch)
-    assert main(BASE + ["--out", str(out), "num_shards=2", "batch_size=2"]) == 130
+    # static batches (refill=false): the kill lands between two generate_batched calls
+    assert main(BASE + ["--out", str(out), "num_shards=2", "batch_size=2", "refill=false"]) == 130
     assert not (out / "samples.jsonl").exists()  # nothing merged from an unfinished run
     done = sum(rows)
     monkeypatch.setattr(runner, "generate_batched", lambda m, ex, *a, **k: rows.append(len(ex)) or real(m, ex, *a, **k))
-    assert main(BASE + ["--out", str(out), "num_shards=2", "batch_size=2"]) == 0
+    assert main(BASE + ["--out", str(out), "num_shards=2", "batch_size=2", "refill=false"]) == 0
     assert sum(rows) - done == len(_records(single)) - done  # only what was missing was generated
     assert _records(out) == _records(single)
 
