@@ -46,7 +46,8 @@ def work(tmp_path_factory) -> Path:
     assert main(["eval", "--method", "cot", *RUN, "--limit", "2", "--out", str(w / "evaluated"), "max_new_tokens=4"]) == 0
     shutil.copytree(w / "evaluated", w / "cutconfig")
     text = (w / "cutconfig" / "config.yaml").read_text()
-    (w / "cutconfig" / "config.yaml").write_text(text[: len(text) // 2] + "\n  - [unclosed\n")
+    cut = text.rfind("\n", 0, len(text) // 2) + 1  # at a line start: the damage never merges into a value
+    (w / "cutconfig" / "config.yaml").write_text(text[:cut] + "  - [unclosed\n")
     shutil.copytree(w / "trained", w / "nostate")
     (w / "nostate" / "checkpoint" / "state.json").unlink()
     return w
