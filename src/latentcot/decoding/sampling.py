@@ -8,9 +8,10 @@ CUDA generators, and a sampling path called without streams raises instead of fa
 The stream definition (version 1, `STREAM_VERSION`): row b's generator is `torch.Generator("cpu")` seeded with
 `row_seed(seed, question id, sample)`; uniforms are `torch.rand(shape, generator=g)`, normals `torch.randn`,
 Gamma draws `torch._standard_gamma` on a generator seeded from one `randint(0, 2**62)` of the row's stream.
-A Mersenne-Twister generator has no batched form, so the draws loop over rows in Python: about 2 us per row and
-draw, well under 1% of a decode step on every model benchmarked (README, Benchmarks), so the definition is kept
-and results for a given seed are those of earlier versions.
+A Mersenne-Twister generator has no batched form, so the draws loop over rows in Python (one `torch.rand` per row,
+then one `torch.stack`: about 3 us per row and draw). That is a few percent of a tiny model's step and well under
+1% of a real model's (README, Benchmarks), so the definition is kept and results for a given seed are those of
+earlier versions.
 """
 
 from __future__ import annotations
@@ -106,17 +107,17 @@ class RowRandom:
     def uniform(self, *shape: int, rows: Sequence[int] | None = None) -> torch.Tensor:
         """(B, *shape) uniform [0, 1) draws, row b from its own stream."""
         gens = self.generators if rows is None else [self.generators[b] for b in rows]
-        out = torch.empty((len(gens), *shape))
-        for b, g in enumerate(gens):
-            torch.rand(shape, generator=g, out=out[b])
-        return out.to(self.device)
+        if not gens:
+            return torch.empty((0, *shape), device=self.device)
+        # torch.rand per row then one stack: the same numbers as filling rows of a preallocated tensor in place
+        # (`torch.rand(shape, generator=g, out=out[b])`, the v1 wording) at about a quarter of the Python cost.
+        return torch.stack([torch.rand(shape, generator=g) for g in gens]).to(self.device)
 
     def normal(self, *shape: int) -> torch.Tensor:
         """(B, *shape) standard normal draws, row b from its own stream."""
-        out = torch.empty((len(self.generators), *shape))
-        for b, g in enumerate(self.generators):
-            torch.randn(shape, generator=g, out=out[b])
-        return out.to(self.device)
+        if not self.generators:
+            return torch.empty((0, *shape), device=self.device)
+        return torch.stack([torch.randn(shape, generator=g) for g in self.generators]).to(self.device)
 
     def gamma(self, concentration: torch.Tensor) -> torch.Tensor:
         """Gamma(concentration, 1) draws for a (B, K) concentration, row-wise streams (for Dirichlet noise).

@@ -56,9 +56,9 @@ def top_k_filtered(
     k = min(k, probs.shape[-1])
     w, ids = torch.topk(probs.float(), k, dim=-1)  # (B, k) each, descending
     if top_p < 1.0:
-        w = w.masked_fill((w.cumsum(-1) - w) >= top_p, 0.0)
+        w.masked_fill_((w.cumsum(-1) - w) >= top_p, 0.0)  # in place: w is topk's own output
     if min_p > 0:
-        w = w.masked_fill(w < min_p * w[:, :1], 0.0)
+        w.masked_fill_(w < min_p * w[:, :1], 0.0)
     return w / w.sum(-1, keepdim=True), ids
 
 
@@ -139,8 +139,8 @@ def dirichlet_top_k(
 def gumbel_noise(rand: RowRandom | None, k: int) -> torch.Tensor:
     """(B, k) standard Gumbel draws -log(-log u), row b from its own stream."""
     rand = require_random(rand, "Gumbel noise (randomness=gumbel)")
-    u = rand.uniform(k).clamp(1e-10, 1.0 - 1e-7)  # (B, k)
-    return -torch.log(-torch.log(u))
+    u = rand.uniform(k).clamp_(1e-10, 1.0 - 1e-7)  # (B, k), a fresh tensor: in place from here on
+    return u.log_().neg_().log_().neg_()
 
 
 def gumbel_softmax(weights: torch.Tensor, tau: float, gumbel: torch.Tensor) -> torch.Tensor:
@@ -148,8 +148,8 @@ def gumbel_softmax(weights: torch.Tensor, tau: float, gumbel: torch.Tensor) -> t
 
     As tau -> 0 this tends to the one-hot of argmax(log p + g), a sample from p (the Gumbel-max trick).
     """
-    logp = torch.log(weights.float()).masked_fill(weights <= 0, float("-inf"))
-    return torch.softmax((logp + gumbel.to(logp.device)) / tau, dim=-1)
+    logp = torch.log(weights.float())  # (B, k); log 0 = -inf, so zero slots stay 0 (weights are probabilities)
+    return torch.softmax(logp.add_(gumbel.to(logp.device)).div_(tau), dim=-1)
 
 
 def noise_sigma(matrix: torch.Tensor, scale: float = 0.33, embed_scale: float = 1.0, chunk: int = 8192) -> float:
