@@ -2,13 +2,15 @@
 forward over the whole sequence at every latent and answer step), and decode steps per question of codi vs
 cot_sft.
 
-    .venv/bin/python bench/coconut.py [--questions 64] [--batch 32] [--demo-dir runs/demo] [--train] [--threads 1]
+    .venv/bin/python bench/coconut.py [--demo-dir runs/demo] [--task pointer_chase2] [--batch N] [--train]
 
-Both generators run the same Coconut model (the demo's 4-layer d=128 GPT-2 over pointer_chase's words; trained
-weights from --demo-dir when that run exists) on the same questions with greedy decoding; the bench checks that
-they produce the same tokens. Decode steps of codi vs cot_sft come from the demo's trained runs when present, and
-are always also given for a model that writes the gold text (CoT: rationale + answer mark + answer + EOS; CODI:
-N thoughts + <eot> + answer mark + answer + EOS). Default run: well under 3 minutes on 2 cores.
+What a user runs: the demo's coconut arm (`latentcot demo`, default task pointer_chase2 with `cur nxt` steps) as
+its evaluation ran it. When DEMO_DIR/TASK/coconut holds a finished run, the bench rebuilds method, model, task and
+generation settings from that run's own config.yaml (the file `latentcot eval` wrote) and loads its trained
+weights; otherwise it uses the demo's settings (DemoSettings) with untrained weights, or trains the arm first with
+--train (the demo's own code: cot_sft then coconut, ~15 minutes of CPU on pointer_chase2). The batch size is the
+run's own (the demo evaluates 100 questions per batch) unless --batch is given. Both generators decode greedily to
+EOS or the run's max_new_tokens, and the bench checks that they produce the same tokens.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ import torch
 from machine import preflight, verdict
 
 from latentcot.decoding.sampling import GenerationConfig
-from latentcot.methods import build_method
-from latentcot.models.backbone import Backbone
-from latentcot.models.loading import load_model
 from latentcot.tasks import get_task
 from latentcot.training.checkpoint import load_weights
 
@@ -50,49 +49,77 @@ def cacheless_generate(method, ex, task, n: int, max_new_tokens: int) -> list[in
     return out
 
 
-def train_demo_coconut(demo_dir: Path) -> None:
-    """Trains the demo's pointer_chase cot_sft and coconut arms (the demo's own settings and code) into demo_dir."""
+def train_demo_coconut(demo_dir: Path, task: str) -> None:
+    """Trains the demo's cot_sft and coconut arms of `task` (the demo's own settings and code) into demo_dir."""
     from latentcot.demo import DemoSettings, arms, run_arm
 
     s = DemoSettings()
-    for arm in arms(s, "pointer_chase"):
+    for arm in arms(s, task):
         if arm.method in ("cot_sft", "coconut"):
-            run_arm(s, "pointer_chase", arm, demo_dir, progress=False)
+            run_arm(s, task, arm, demo_dir, progress=False)
+
+
+def demo_coconut(demo_dir: Path, task: str):
+    """(method, task, generation settings, batch size, weights dir or None) of the demo's coconut arm on `task`.
+
+    A finished run is rebuilt from its own config.yaml and trained weights; otherwise from the demo's settings."""
+    from latentcot.config import to_dict
+    from latentcot.demo import DemoSettings, arms
+    from latentcot.pipeline import build, resolve
+
+    run = demo_dir / task / "coconut"
+    if (run / "config.yaml").is_file() and (run / "trainable.safetensors").is_file():
+        res = resolve({}, config_file=str(run / "config.yaml"))
+        res.run.device = "cpu"
+        weights: Path | None = run
+    else:
+        s = DemoSettings()
+        arm = next(a for a in arms(s, task) if a.method == "coconut")
+        res = resolve({"method": "coconut", "model": s.model(task), "task": task, "k": s.k, "num_nodes": s.num_nodes,
+                       "num_test": s.eval_questions, "batch_size": 100, "max_new_tokens": 4 * s.k + 8, "device": "cpu",
+                       **s.task_settings.get(task, {}), **arm.settings})
+        weights = None
+    torch.manual_seed(0)  # untrained weights: the same ones every run
+    method, tk = build(res)
+    if weights is not None:
+        method.load_trainable_state_dict(load_weights(weights), str(weights))
+    method.eval()
+    gen = GenerationConfig(**to_dict(res.generation))
+    return method, tk, gen, res.run.batch_size, weights
 
 
 def throughput(args: argparse.Namespace) -> dict:
-    task = get_task("pointer_chase", k=args.thoughts, num_test=args.questions)
+    m, task, gen, batch, weights = demo_coconut(Path(args.demo_dir), args.task)
+    batch = args.batch or batch
     exs = task.load("test")[: args.questions]
-    torch.manual_seed(0)
-    m = build_method("coconut", {"max_stage": args.thoughts}, Backbone(*load_model("scratch-gpt2:pointer_chase")))
-    trained = Path(args.demo_dir) / "pointer_chase" / "coconut"
-    if (trained / "trainable.safetensors").is_file() and args.thoughts == 4:
-        m.load_trainable_state_dict(load_weights(trained), str(trained))
-    m.eval()
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    m.generate(exs[: args.batch], task, gen, None)  # warm-up
+    m.generate(exs[:batch], task, gen, None)  # warm-up
     sub = exs[: args.baseline_questions]
+    thoughts = m.eval_thoughts
     t_batched = t_single = float("inf")
     for _ in range(args.repeats):  # best of: a shared machine only ever slows a run down
         t0 = time.perf_counter()
         batched = []
-        for i in range(0, len(exs), args.batch):
-            batched += m.generate(exs[i : i + args.batch], task, gen, None)
+        for i in range(0, len(exs), batch):
+            batched += m.generate(exs[i : i + batch], task, gen, None)
         t_batched = min(t_batched, time.perf_counter() - t0)
         t0 = time.perf_counter()
-        single = [cacheless_generate(m, ex, task, args.thoughts, args.max_new_tokens) for ex in sub]
+        single = [cacheless_generate(m, ex, task, thoughts, gen.max_new_tokens) for ex in sub]
         t_single = min(t_single, time.perf_counter() - t0)
     agree = sum(o.token_ids == s for o, s in zip(batched, single)) / len(single)
+    correct = sum(task.score(ex, o.text)["correct_strict"] for o, ex in zip(batched, exs)) / len(exs)
     qps_b, qps_s = len(exs) / t_batched, len(sub) / t_single
-    return {"questions": len(exs), "baseline_questions": len(sub), "thoughts": args.thoughts,
+    return {"questions": len(exs), "baseline_questions": len(sub), "thoughts": thoughts, "batch": batch,
             "batched_qps": qps_b, "cacheless_batch1_qps": qps_s, "speedup": qps_b / qps_s, "same_tokens": agree,
-            "trained_weights": (trained / "trainable.safetensors").is_file() and args.thoughts == 4}
+            "weights": weights, "model": m.backbone.name, "max_new_tokens": gen.max_new_tokens,
+            "tokens": sum(len(o.token_ids) for o in batched) / len(batched), "correct": correct}
 
 
 def decode_steps(args: argparse.Namespace) -> list[dict]:
+    from latentcot.demo import DemoSettings
+
     rows = []
     for task_name in ("pointer_chase", "pointer_chase2"):
-        task = get_task(task_name, k=4, num_test=100)
+        task = get_task(task_name, k=4, num_test=100, **DemoSettings().task_settings.get(task_name, {}))
         exs = task.load("test")
         cot = sum(len(task.target(ex).split()) + 1 for ex in exs) / len(exs)  # rationale, ####, answer, EOS
         codi = 4 + 1 + 1 + 1 + 1  # N thoughts, <eot>, ####, answer, EOS
@@ -109,32 +136,34 @@ def decode_steps(args: argparse.Namespace) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--questions", type=int, default=64)
+    p.add_argument("--questions", type=int, default=200)
     p.add_argument("--baseline-questions", type=int, default=32, help="questions timed for the slow baseline")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--thoughts", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=4)
+    p.add_argument("--batch", type=int, default=0, help="batch size of the engine (0 = the run's own batch_size)")
+    p.add_argument("--task", default="pointer_chase2", help="the demo task whose coconut arm is measured")
     p.add_argument("--repeats", type=int, default=2, help="timings are the best of this many runs")
     p.add_argument("--demo-dir", default="runs/demo")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train", action="store_true",
-                   help="train the demo's cot_sft and coconut pointer_chase arms into --demo-dir when they are missing")
+                   help="train the demo's cot_sft and coconut arms of --task into --demo-dir when they are missing")
     p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    trained = Path(args.demo_dir) / "pointer_chase" / "coconut" / "trainable.safetensors"
+    trained = Path(args.demo_dir) / args.task / "coconut" / "trainable.safetensors"
     if args.train and not trained.is_file():
-        print(f"training the demo's pointer_chase cot_sft and coconut arms into {args.demo_dir} (the demo's settings)")
-        train_demo_coconut(Path(args.demo_dir))
+        print(f"training the demo's {args.task} cot_sft and coconut arms into {args.demo_dir} (the demo's settings)")
+        train_demo_coconut(Path(args.demo_dir), args.task)
     watch = preflight(args.allow_contended)
     t = throughput(args)
-    print(f"Coconut generation, {t['thoughts']} thoughts + <eot> + up to {args.max_new_tokens} answer tokens "
-          f"({'trained demo weights' if t['trained_weights'] else 'untrained weights'}):")
+    print(f"Coconut generation on {args.task} ({t['model']}): {t['thoughts']} thoughts + <eot> + up to "
+          f"{t['max_new_tokens']} answer tokens, greedy, EOS on ({t['tokens']:.1f} tokens per question); "
+          + (f"trained weights of {t['weights']} (strict accuracy {100 * t['correct']:.1f}% on these questions)"
+             if t["weights"] else "UNTRAINED weights (run `latentcot demo` or pass --train first)"))
     print("| generator | questions | questions/s |")
     print("|---|---:|---:|")
-    print(f"| Engine, batch {args.batch}, KV cache | {t['questions']} | {t['batched_qps']:.1f} |")
+    print(f"| Engine, batch {t['batch']}, KV cache | {t['questions']} | {t['batched_qps']:.1f} |")
     print(f"| batch 1, no cache (official) | {t['baseline_questions']} | {t['cacheless_batch1_qps']:.1f} |")
-    print(f"speedup {t['speedup']:.1f}x (target >= 20x); identical tokens on {100 * t['same_tokens']:.0f}% of questions")
+    print(f"speedup {t['speedup']:.1f}x (target >= 20x); identical tokens on {100 * t['same_tokens']:.0f}% of questions; "
+          f"{torch.get_num_threads()} thread(s)")
     print()
     print("Decode steps per question, codi vs cot_sft (k=4):")
     print("| task | cot_sft (gold text) | codi (N=4) | cot_sft (demo) | codi (demo) |")
@@ -142,8 +171,6 @@ def main() -> None:
     for r in decode_steps(args):
         demo = [f"{r[k]:.1f} ({r[k + '_acc']:.0f}%)" if k in r else "-" for k in ("demo_cot_sft", "demo_codi")]
         print(f"| {r['task']} | {r['gold_cot_sft']:.1f} | {r['gold_codi']:.1f} | {demo[0]} | {demo[1]} |")
-    print(f"weights: {trained if t['trained_weights'] else 'untrained (run with --train or `latentcot demo` first)'}; "
-          f"{torch.get_num_threads()} thread(s)")
     print(verdict(watch))
 
 

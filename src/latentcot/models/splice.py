@@ -98,6 +98,8 @@ def splice(
     lengths = [sum(len(p) for p in row) for row in rows]
     T = max(lengths)
     B = len(rows)
+    if all(p.ids is not None and p.labels is False for row in rows for p in row):
+        return _splice_tokens(rows, lengths, T, embed, pad_id, padding_side)
     # Embed all token pieces in one call.
     all_ids = [i for row in rows for p in row if p.ids is not None for i in p.ids]
     probe = next((p.vectors for row in rows for p in row if p.vectors is not None), None)
@@ -138,6 +140,37 @@ def splice(
         pieces_emb.append(torch.cat([pad, row_emb] if padding_side == "left" else [row_emb, pad], dim=0))
         spans.append(row_spans)
     embeds = torch.stack(pieces_emb, dim=0)  # (B, T, d)
+    return Spliced(embeds, mask, positions_from_mask(mask), labels, ids, spans)
+
+
+def _splice_tokens(
+    rows: Sequence[Sequence[Piece]], lengths: list[int], T: int, embed: Callable[[torch.Tensor], torch.Tensor],
+    pad_id: int, padding_side: str,
+) -> Spliced:
+    """`splice` for rows of token pieces without labels (every generation prompt): one tensor from host lists and
+    one embedding call instead of per-row tensor surgery. Same result: padding positions hold exact zeros."""
+    ids_rows, mask_rows, spans = [], [], []
+    for row, n in zip(rows, lengths):
+        flat = [i for p in row for i in p.ids]
+        offset = T - n if padding_side == "left" else 0
+        if padding_side == "left":
+            ids_rows.append([pad_id] * (T - n) + flat)
+            mask_rows.append([0] * (T - n) + [1] * n)
+        else:
+            ids_rows.append(flat + [pad_id] * (T - n))
+            mask_rows.append([1] * n + [0] * (T - n))
+        row_spans: dict[str, tuple[int, int]] = {}
+        pos = offset
+        for p in row:
+            if p.name is not None:
+                row_spans[p.name] = (pos, pos + len(p))
+            pos += len(p)
+        spans.append(row_spans)
+    dev = embed(torch.zeros(1, dtype=torch.long)).device
+    ids = torch.tensor(ids_rows, dtype=torch.long, device=dev)  # (B, T)
+    mask = torch.tensor(mask_rows, dtype=torch.long, device=dev)  # (B, T)
+    embeds = torch.where(mask[..., None].bool(), embed(ids), 0)  # (B, T, d)
+    labels = torch.full_like(ids, IGNORE)
     return Spliced(embeds, mask, positions_from_mask(mask), labels, ids, spans)
 
 
