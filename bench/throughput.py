@@ -39,21 +39,32 @@ from latentcot.tasks import get_task
 
 VLLM_WORKER = r"""
 import json, sys, time
-req = json.load(open(sys.argv[1]))
-import torch
-torch.set_num_threads(req["threads"])
-from vllm import LLM, SamplingParams
-llm = LLM(model=req["model_dir"], tokenizer=req["model_dir"], dtype="float32", max_model_len=req["max_len"], seed=0,
-          max_num_seqs=req["batch"], enforce_eager=True, enable_prefix_caching=False)
-sp = SamplingParams(temperature=0.0, max_tokens=req["max_new_tokens"], stop_token_ids=req["eos"], detokenize=False)
-prompts = [{"prompt_token_ids": p} for p in req["prompts"]]
-llm.generate(prompts[:2], sp, use_tqdm=False)  # warm-up
-t0 = time.perf_counter()
-outs = llm.generate(prompts, sp, use_tqdm=False)
-wall = time.perf_counter() - t0
-toks = [[t for t in o.outputs[0].token_ids if t not in req["eos"]] for o in outs]
-json.dump({"wall": wall, "tokens": toks}, open(sys.argv[2], "w"))
+
+
+def main():  # vLLM starts worker processes by spawn, which re-imports this file: everything under the guard
+    req = json.load(open(sys.argv[1]))
+    import torch
+    torch.set_num_threads(req["threads"])
+    from vllm import LLM, SamplingParams
+    llm = LLM(model=req["model_dir"], tokenizer=req["model_dir"], dtype="float32", max_model_len=req["max_len"],
+              seed=0, max_num_seqs=req["batch"], enforce_eager=True, enable_prefix_caching=False)
+    sp = SamplingParams(temperature=0.0, max_tokens=req["max_new_tokens"], stop_token_ids=req["eos"],
+                        detokenize=False)
+    prompts = [{"prompt_token_ids": p} for p in req["prompts"]]
+    llm.generate(prompts[:2], sp, use_tqdm=False)  # warm-up
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    toks = [[t for t in o.outputs[0].token_ids if t not in req["eos"]] for o in outs]
+    json.dump({"wall": wall, "tokens": toks}, open(sys.argv[2], "w"))
+
+
+if __name__ == "__main__":
+    main()
 """
+
+class VLLMFailed(RuntimeError):
+    """The vLLM worker failed (its log tail is the message); the other arms are still reported."""
 
 
 def vllm_python(args: argparse.Namespace) -> str | None:
@@ -111,10 +122,17 @@ def run_vllm(python: str, bb: Backbone, prompts, gen, batch: int, threads: int) 
                "batch": batch, "threads": threads, "max_len": max(len(p) for p in prompts) + gen.max_new_tokens + 8}
         (Path(tmp) / "req.json").write_text(json.dumps(req))
         (Path(tmp) / "worker.py").write_text(VLLM_WORKER)
+        # the engine core runs inside the worker (no second process polling for work on a 2-core machine)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2",
-               "VLLM_CPU_OMP_THREADS_BIND": ",".join(str(i) for i in range(threads))}
-        subprocess.run([python, str(Path(tmp) / "worker.py"), str(Path(tmp) / "req.json"), str(Path(tmp) / "out.json")],
-                       check=True, stdout=subprocess.DEVNULL, env=env)
+               "VLLM_CPU_OMP_THREADS_BIND": ",".join(str(i) for i in range(threads)),
+               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        log = Path(tmp) / "worker.log"
+        with log.open("w") as f:
+            rc = subprocess.run([python, str(Path(tmp) / "worker.py"), str(Path(tmp) / "req.json"),
+                                 str(Path(tmp) / "out.json")], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        if rc != 0 or not (Path(tmp) / "out.json").is_file():
+            tail = log.read_text(errors="replace").strip().splitlines()[-12:]
+            raise VLLMFailed(f"vLLM worker exited with status {rc}; its last lines:\n  " + "\n  ".join(tail))
         res = json.loads((Path(tmp) / "out.json").read_text())
     return res["wall"], res["tokens"]
 
@@ -159,7 +177,12 @@ def main() -> None:
         }
         if python is not None:
             arms["vLLM"] = lambda b=batch: run_vllm(python, bb, prompts, gen, b, args.threads)
-        got = {name: fn() for name, fn in arms.items()}
+        got = {}
+        for name, fn in arms.items():
+            try:
+                got[name] = fn()
+            except VLLMFailed as e:
+                print(f"| {batch} | vLLM | failed: see below | | | | |\n{e}", flush=True)
         ref = got["engine static"][1]
         hf = got["HF generate()"][0]
         for name, (wall, toks) in got.items():
