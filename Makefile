@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/coconut.py
 	$(PY) bench/softcot.py
 	$(PY) bench/throughput.py
+	$(PY) bench/streams.py
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) runs
