@@ -8,6 +8,10 @@ seconds. Each setting gets its own directory under --out, so the runs are reused
     python recipes/demo_study.py --format sep --sft-steps 1200 --stage-steps 200 --plain
     # the prototype's settings (SPEC section 3): `cur nxt` steps, lr 2e-3 / 1e-3, warmup + cosine per stage
     python recipes/demo_study.py --format pair --sft-steps 600 --stage-steps 300
+    # stage 2 of `cur nxt` for 900 steps (stage 1: 300): does the plateau break?
+    python recipes/demo_study.py --format pair --max-stage 2 --no-final-stage --coconut-steps 1200
+    # `n7 n7` and `n7 p7` steps, where stage 1 already needs the thought: stages 1-2 of 300 steps from 300 SFT steps
+    python recipes/demo_study.py --format dup --sft-steps 300 --max-stage 2 --no-final-stage --coconut-steps 600
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--format", default="pair", choices=["sep", "digits", "pair"], help="pointer_chase2 step format")
+    p.add_argument("--format", default="pair", choices=["sep", "digits", "pair", "dup", "ptr"], help="pointer_chase2 step format")
     p.add_argument("--sft-steps", type=int, default=600)
     p.add_argument("--sft-lr", type=float, default=2e-3)
     p.add_argument("--stage-steps", type=int, default=300)
@@ -41,6 +45,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=30, help="warmup steps (of the run, or of each stage)")
     p.add_argument("--plain", action="store_true", help="the demo's former optimizer: constant lr, AdamW defaults, "
                    "no warmup, one schedule over the whole curriculum")
+    p.add_argument("--max-stage", type=int, default=4, help="curriculum stages (4 = one per hop)")
+    p.add_argument("--no-final-stage", action="store_true", help="the last stage runs to the end of --coconut-steps")
+    p.add_argument("--coconut-steps", type=int, help="coconut/pause steps in all (default stage steps x max stage)")
     p.add_argument("--methods", default="cot_sft,coconut", help="arms to run, in order (cot_sft first)")
     p.add_argument("--eval-questions", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -56,8 +63,14 @@ def main() -> None:
     )
     tag = (f"{a.format}-sft{a.sft_steps}@{a.sft_lr:g}-stage{a.stage_steps}@{a.stage_lr:g}"
            f"-{'plain' if a.plain else f'proto-w{a.warmup}'}-s{a.seed}")
+    if a.max_stage != 4 or a.no_final_stage or a.coconut_steps:
+        tag += f"-m{a.max_stage}{'-nofinal' if a.no_final_stage else ''}-c{a.coconut_steps or a.stage_steps * a.max_stage}"
     out = Path(a.out) / tag
     by_name = {arm.method: arm for arm in arms(s, "pointer_chase2")}
+    for name in ("coconut", "pause"):  # the curriculum arms: stages and total steps as asked
+        arm = by_name[name]
+        arm.settings = {**arm.settings, "max_stage": a.max_stage, **({"final_stage": False} if a.no_final_stage else {})}
+        arm.steps = a.coconut_steps or a.stage_steps * a.max_stage
     for name in a.methods.split(","):
         c0, t0 = cpu_seconds(), time.time()
         row = run_arm(s, "pointer_chase2", by_name[name], out, progress=False)

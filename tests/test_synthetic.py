@@ -107,7 +107,7 @@ def test_pointer_chase_rationale_follows_table():
         assert list(ex.steps) == path and ex.answer == path[-1]
 
 
-@pytest.mark.parametrize("fmt", ["digits", "sep", "pair"])
+@pytest.mark.parametrize("fmt", ["digits", "sep", "pair", "dup", "ptr"])
 def test_pointer_chase2_same_problems_twice_the_cot_tokens(fmt):
     one, two = task("pointer_chase").load("train"), task("pointer_chase2", step_format=fmt).load("train")
     for a, b in zip(one, two):
@@ -120,6 +120,9 @@ def test_pointer_chase2_same_problems_twice_the_cot_tokens(fmt):
             x, y = step.split()
             if fmt == "pair":  # the node the step starts from, then the node it reaches
                 assert (x, y) == (prev, node)
+                continue
+            if fmt in ("dup", "ptr"):  # the node reached, then it again (as a node or as a pointer token)
+                assert (x, y) == (node, node if fmt == "dup" else "p" + node[1:])
                 continue
             assert (f"n{int(x[1:]) * 10 + int(y[1:])}" if fmt == "digits" else x) == node
             assert fmt == "digits" or y == ";"

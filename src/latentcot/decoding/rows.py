@@ -23,7 +23,13 @@ def supports_rows(cache: object) -> bool:
     layers = getattr(cache, "layers", None)
     if not isinstance(cache, DynamicCache) or not layers:
         return False
-    return all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+    return all(type(layer) is DynamicLayer and _initialized(layer) for layer in layers)
+
+
+def _initialized(layer: DynamicLayer) -> bool:
+    """Whether the layer holds keys yet (`is_initialized` from transformers 4.57; before it, keys start as None)."""
+    flag = getattr(layer, "is_initialized", None)
+    return bool(flag) if flag is not None else getattr(layer, "keys", None) is not None
 
 
 def _kv(cache: DynamicCache) -> list[DynamicLayer]:

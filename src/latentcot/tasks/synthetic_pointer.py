@@ -10,7 +10,10 @@ permutation has short cycles).
 `pointer_chase2` asks the same problems (same seed -> same questions and answers) but writes each CoT step as two
 tokens, so one continuous thought replacing one step compresses the reasoning (k latents for 2k CoT tokens):
 `digits` writes node 7 as `d0 d7` (both tokens carry information), `sep` as `n7 ;`, `pair` as the node the step
-starts from and the node it reaches (`n3 n7`: the step from n3 to f(n3) = n7). The answer stays one token.
+starts from and the node it reaches (`n3 n7`: the step from n3 to f(n3) = n7), `dup` as `n7 n7` and `ptr` as
+`n7 p7` (the node, then a pointer token for it). The answer stays one token. `dup` and `ptr` exist for the demo
+study (README): with them, unlike `pair`, Coconut's first stage already needs the continuous thought to carry a
+hop.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class PointerChase2Config(PointerChaseConfig):
 
     Attributes:
         step_format: "digits" (node 7 -> `d0 d7`, tens then units; needs num_nodes <= 100), "sep" (`n7 ;`) or
-            "pair" (the step from n3 to n7 -> `n3 n7`).
+            "pair" (the step from n3 to n7 -> `n3 n7`), "dup" (`n7 n7`) or "ptr" (`n7 p7`).
     """
 
     step_format: str = "digits"
@@ -100,8 +103,8 @@ class PointerChase2Config(PointerChaseConfig):
         super().__post_init__()
         from latentcot.config import check
 
-        check(self.step_format in ("digits", "sep", "pair"), "task.step_format",
-              f"must be 'digits', 'sep' or 'pair', got {self.step_format!r}")
+        check(self.step_format in ("digits", "sep", "pair", "dup", "ptr"), "task.step_format",
+              f"must be 'digits', 'sep', 'pair', 'dup' or 'ptr', got {self.step_format!r}")
         if self.step_format == "digits":
             check(self.num_nodes <= 100, "task.num_nodes",
                   f"must be <= 100 with step_format=digits, got {self.num_nodes}")
@@ -121,8 +124,13 @@ class PointerChase2(PointerChase):
             return f"d{node // 10} d{node % 10}"
         if self.cfg.step_format == "pair":
             return f"n{prev} n{node}"
+        if self.cfg.step_format == "dup":
+            return f"n{node} n{node}"
+        if self.cfg.step_format == "ptr":
+            return f"n{node} p{node}"
         return f"n{node} ;"
 
     def vocabulary(self) -> list[str]:
-        extra = {"digits": [f"d{i}" for i in range(10)], "sep": [";"], "pair": []}[self.cfg.step_format]
+        extra = {"digits": [f"d{i}" for i in range(10)], "sep": [";"], "pair": [], "dup": [],
+                 "ptr": [f"p{i}" for i in range(self.cfg.num_nodes)]}[self.cfg.step_format]
         return super().vocabulary() + extra
