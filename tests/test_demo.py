@@ -50,8 +50,8 @@ def test_demo_arms_share_one_curriculum() -> None:
     assert by_name["coconut"].steps == 4 * 150 and by_name["coconut"].init_from == "cot_sft"
     assert by_name["codi"].settings["num_thoughts"] == s.k
     two = {a.method: a for a in arms(s, "pointer_chase2")}
-    assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 600
-    assert two["coconut"].steps == 4 * 300 and two["coconut"].lr == 1e-3 and two["coconut"].settings["stage_schedule"]
+    assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 300
+    assert two["coconut"].steps == 4 * 200 and two["coconut"].lr == 1e-3 and two["coconut"].settings["stage_schedule"]
     assert s.model("pointer_chase2").endswith(",step_format=pair")
 
 
