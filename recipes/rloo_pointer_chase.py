@@ -58,6 +58,12 @@ def main() -> None:
     p.add_argument("--sft-steps", type=int, default=135, help="cot_sft steps (partly trained start)")
     p.add_argument("--steps", type=int, default=50, help="rloo optimizer steps per run")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--mode-lr", nargs="*", default=[], metavar="MODE=LR",
+                   help="learning rate for one rollout mode (overrides --lr), e.g. soft=1e-4")
+    p.add_argument("--mode-steps", nargs="*", default=[], metavar="MODE=N",
+                   help="rloo steps for one rollout mode (overrides --steps), e.g. soft=100")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more rloo settings, e.g. noise_scale=1.0")
+    p.add_argument("--normalize-advantages", action="store_true", help="divide advantages by their batch std")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--eval-every", type=int, default=10)
@@ -67,6 +73,8 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out, t0 = Path(a.out), time.time()
+    mode_lr = {m: float(v) for m, v in (x.split("=", 1) for x in a.mode_lr)}
+    mode_steps = {m: int(v) for m, v in (x.split("=", 1) for x in a.mode_steps)}
     task = {"task": "pointer_chase", "k": a.k, "num_train": 4000, "model": MODEL, "device": "cpu"}
     train({**task, "method": "cot_sft", "max_steps": a.sft_steps, "train_batch_size": 64, "lr": 1e-3,
            "run.seed": 0, "save_every": 0}, out / "sft")
@@ -77,9 +85,10 @@ def main() -> None:
             run = out / f"rloo-{mode}-s{seed}"
             values = {**task, "method": "rloo", "rollout_mode": mode, "init_from": str(out / "sft"),
                       "think_end": "####", "max_cot_tokens": a.k + 2, "max_answer_tokens": 2,
-                      "group_size": a.group_size, "prompts_per_step": a.prompts, "max_steps": a.steps, "lr": a.lr,
+                      "group_size": a.group_size, "prompts_per_step": a.prompts, "max_steps": mode_steps.get(mode, a.steps), "lr": mode_lr.get(mode, a.lr),
+                      "normalize_advantages": a.normalize_advantages,
                       "eval_every": a.eval_every, "eval_limit": a.eval_limit, "max_new_tokens": 2, "batch_size": 100,
-                      "log_every": 1, "save_every": 20, "run.seed": seed}
+                      "log_every": 1, "save_every": 20, "run.seed": seed, **dict(x.split("=", 1) for x in a.set)}
             eval_start(values, run, a.eval_limit)
             train(values, run)
             runs.setdefault(mode, []).append(run / "train_log.jsonl")
