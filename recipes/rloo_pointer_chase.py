@@ -73,8 +73,23 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out, t0 = Path(a.out), time.time()
-    mode_lr = {m: float(v) for m, v in (x.split("=", 1) for x in a.mode_lr)}
-    mode_steps = {m: int(v) for m, v in (x.split("=", 1) for x in a.mode_steps)}
+
+    def pairs(items: list[str], flag: str, cast, keys=None) -> dict:
+        """KEY=VALUE items -> {key: cast(value)}; a malformed item or an unknown key is one line and exit 2."""
+        out = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or (keys is not None and key not in keys):
+                p.error(f"{flag} {item!r}: write KEY=VALUE" + (f" with KEY one of {', '.join(keys)}" if keys else ""))
+            try:
+                out[key] = cast(value)
+            except ValueError:
+                p.error(f"{flag} {item!r}: {value!r} is not a valid value")
+        return out
+
+    mode_lr = pairs(a.mode_lr, "--mode-lr", float, a.modes)
+    mode_steps = pairs(a.mode_steps, "--mode-steps", int, a.modes)
+    extra = pairs(a.set, "--set", str)
     task = {"task": "pointer_chase", "k": a.k, "num_train": 4000, "model": MODEL, "device": "cpu"}
     train({**task, "method": "cot_sft", "max_steps": a.sft_steps, "train_batch_size": 64, "lr": 1e-3,
            "run.seed": 0, "save_every": 0}, out / "sft")
@@ -88,7 +103,7 @@ def main() -> None:
                       "group_size": a.group_size, "prompts_per_step": a.prompts, "max_steps": mode_steps.get(mode, a.steps), "lr": mode_lr.get(mode, a.lr),
                       "normalize_advantages": a.normalize_advantages,
                       "eval_every": a.eval_every, "eval_limit": a.eval_limit, "max_new_tokens": 2, "batch_size": 100,
-                      "log_every": 1, "save_every": 20, "run.seed": seed, **dict(x.split("=", 1) for x in a.set)}
+                      "log_every": 1, "save_every": 20, "run.seed": seed, **extra}
             eval_start(values, run, a.eval_limit)
             train(values, run)
             runs.setdefault(mode, []).append(run / "train_log.jsonl")
