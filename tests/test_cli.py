@@ -64,6 +64,19 @@ def test_train_then_eval_with_weights(tmp_path, capsys):
                  "--out", str(tmp_path / "e"), "--no-progress", f"weights={out}", "max_new_tokens=4"]) == 0
 
 
+def test_library_deprecations_are_not_shown_to_users(tmp_path) -> None:
+    """PEFT reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: a FutureWarning the
+    user cannot act on, printed in the middle of `latentcot train --method lora` before the CLI filtered it."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["train", "--method", "lora", "--model", "tiny-llama", "--task", "pointer_chase", "--out",
+                     str(tmp_path / "t"), "--no-progress", "max_steps=1", "train_batch_size=2"]) == 0
+    shown = [str(w.message) for w in seen if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert shown == []
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [

@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        # Deprecations raised inside the libraries (e.g. PEFT reading transformers' renamed is_gradient_checkpointing)
+        # are not the user's to act on: shown with --verbose only.
+        import warnings
+
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|accelerate)(\.|$)")
     from latentcot.errors import user_error
 
     try:
