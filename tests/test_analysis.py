@@ -96,3 +96,39 @@ def test_analyze_help_is_instant():
     with pytest.raises(SystemExit) as e:
         main(["analyze", "--help"])
     assert e.value.code == 0
+
+
+def test_png_figure_saves_once_and_closes_even_on_error(tmp_path):
+    """The shared figure helper (used by analysis/plots.py and analysis/rl.py): a PNG on success, none on an error
+    inside the block, and no figure left open either way."""
+    import matplotlib.pyplot as plt
+
+    from latentcot.analysis.plots import png_figure
+
+    open_before = len(plt.get_fignums())
+    with png_figure(tmp_path / "a.png", (4, 3), ncols=2, suptitle="t") as (fig, axes):
+        assert len(axes) == 2
+        axes[0].plot([0, 1], [1, 0])
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(RuntimeError), png_figure(tmp_path / "b.png", (4, 3)) as (fig, ax):
+        ax.plot([0, 1])
+        raise RuntimeError("boom")
+    assert not (tmp_path / "b.png").exists()
+    assert len(plt.get_fignums()) == open_before
+
+
+def test_rl_plots_draw_from_a_train_log(tmp_path):
+    from latentcot.analysis.rl import plot_entropy_profiles, plot_rl_curves, plot_rl_log
+
+    log = tmp_path / "run" / "train_log.jsonl"
+    log.parent.mkdir()
+    rows = [{"step": s, "reward": 10.0 * s, "accuracy": 5.0 * s} for s in range(1, 4)]
+    rows.append({"step": 3, "eval": {"accuracy_strict": 40.0}})
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert plot_rl_log(log, tmp_path / "one.png", "t") == tmp_path / "one.png"
+    assert plot_rl_log(tmp_path / "missing.jsonl", tmp_path / "none.png") is None
+    plot_rl_curves({"soft": [log]}, tmp_path / "curves.png")
+    plot_entropy_profiles({"base / soft": [1.0, 0.5]}, tmp_path / "ent.png")
+    for name in ("one.png", "curves.png", "ent.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "none.png").exists()

@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 
-from latentcot import atomic
-from latentcot.analysis.plots import _pyplot
+from latentcot.analysis.plots import png_figure
 
 
 def read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -36,23 +35,18 @@ def plot_rl_log(log_path: Path, png: Path, title: str = "") -> Path | None:
     train, evals = read_log(log_path)
     if not train:
         return None
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     steps = [r["step"] for r in train]
-    ax1.plot(steps, [r.get("reward", float("nan")) for r in train], label="mean reward")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("reward")
-    ax2.plot(steps, [r.get("accuracy", float("nan")) for r in train], label="rollout accuracy")
-    if evals:
-        ax2.plot([r["step"] for r in evals], [r["eval"].get("accuracy_strict", float("nan")) for r in evals], "o-",
-                 label="held-out accuracy (greedy)")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("accuracy (%)")
-    ax2.legend()
-    fig.suptitle(title or "RLOO")
-    fig.tight_layout()
-    atomic.save_figure(fig, png, dpi=120)
-    plt.close(fig)
+    with png_figure(png, (10, 4), ncols=2, suptitle=title or "RLOO") as (fig, (ax1, ax2)):
+        ax1.plot(steps, [r.get("reward", float("nan")) for r in train], label="mean reward")
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("reward")
+        ax2.plot(steps, [r.get("accuracy", float("nan")) for r in train], label="rollout accuracy")
+        if evals:
+            ax2.plot([r["step"] for r in evals], [r["eval"].get("accuracy_strict", float("nan")) for r in evals], "o-",
+                     label="held-out accuracy (greedy)")
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("accuracy (%)")
+        ax2.legend()
     return Path(png)
 
 
@@ -61,29 +55,24 @@ def plot_rl_curves(runs: dict[str, list[Path]], png: Path, title: str = "") -> P
     accuracy, with the min-max band over seeds."""
     import numpy as np
 
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, logs in runs.items():
-        rows = [read_log(p) for p in logs]
-        for ax, pick in ((ax1, lambda tr, ev: [(r["step"], r["reward"]) for r in tr]),
-                         (ax2, lambda tr, ev: [(r["step"], r["eval"]["accuracy_strict"]) for r in ev])):
-            curves = [dict(pick(tr, ev)) for tr, ev in rows]
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            if not steps:
-                continue
-            vals = np.array([[c[s] for s in steps] for c in curves])  # (seeds, steps)
-            line = ax.plot(steps, vals.mean(0), "o-" if ax is ax2 else "-", label=f"{label} ({len(curves)} seeds)")
-            ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.2, color=line[0].get_color())
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("mean rollout reward")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("held-out accuracy (%, greedy)")
-    ax1.legend()
-    ax2.legend()
-    fig.suptitle(title or "RLOO")
-    fig.tight_layout()
-    atomic.save_figure(fig, png, dpi=120)
-    plt.close(fig)
+    with png_figure(png, (11, 4), ncols=2, suptitle=title or "RLOO") as (fig, (ax1, ax2)):
+        for label, logs in runs.items():
+            rows = [read_log(p) for p in logs]
+            for ax, pick in ((ax1, lambda tr, ev: [(r["step"], r["reward"]) for r in tr]),
+                             (ax2, lambda tr, ev: [(r["step"], r["eval"]["accuracy_strict"]) for r in ev])):
+                curves = [dict(pick(tr, ev)) for tr, ev in rows]
+                steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+                if not steps:
+                    continue
+                vals = np.array([[c[s] for s in steps] for c in curves])  # (seeds, steps)
+                line = ax.plot(steps, vals.mean(0), "o-" if ax is ax2 else "-", label=f"{label} ({len(curves)} seeds)")
+                ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.2, color=line[0].get_color())
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("mean rollout reward")
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("held-out accuracy (%, greedy)")
+        ax1.legend()
+        ax2.legend()
     return Path(png)
 
 
@@ -103,17 +92,13 @@ def entropy_profile(records: Sequence[dict[str, Any]]) -> list[float]:
 
 def plot_entropy_profiles(profiles: dict[str, list[float]], png: Path, title: str = "") -> Path:
     """Mean entropy by CoT position, one line per model / mode."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, prof in profiles.items():
-        ax.plot(range(1, len(prof) + 1), prof, "o-", label=label)
-    ax.set_xlabel("CoT position")
-    ax.set_ylabel("mean entropy of p (nats)")
-    ax.set_title(title or "entropy along the chain of thought")
-    ax.legend()
-    fig.tight_layout()
-    atomic.save_figure(fig, png, dpi=120)
-    plt.close(fig)
+    with png_figure(png, (7, 4)) as (fig, ax):
+        for label, prof in profiles.items():
+            ax.plot(range(1, len(prof) + 1), prof, "o-", label=label)
+        ax.set_xlabel("CoT position")
+        ax.set_ylabel("mean entropy of p (nats)")
+        ax.set_title(title or "entropy along the chain of thought")
+        ax.legend()
     return Path(png)
 
 
