@@ -116,6 +116,14 @@ def test_rewards_loss_and_kl():
     assert rewards_from_scores(scores, 1.0, 0.5, -1.0).tolist() == [1.0, 0.5, -1.0]
     with pytest.raises(ValueError):
         rewards_from_scores(scores, correct=float("nan"))
+    # the flexible extraction decides when asked: a right last number without "The answer is" earns the reward
+    flex = [{"correct_strict": False, "pred_strict": None, "correct_flexible": True, "pred_flexible": "3"},
+            {"correct_strict": False, "pred_strict": None, "correct_flexible": False, "pred_flexible": "4"},
+            {"correct_strict": False, "pred_strict": None, "correct_flexible": False, "pred_flexible": None}]
+    assert rewards_from_scores(flex).tolist() == [0.0, 0.0, 0.0]
+    assert rewards_from_scores(flex, match="flexible").tolist() == [100.0, 10.0, 0.0]
+    with pytest.raises(ValueError):
+        rewards_from_scores(flex, match="loose")
     logp = torch.tensor([-1.0, -2.0], requires_grad=True)
     loss = policy_loss(logp, torch.tensor([2.0, -2.0]))
     assert loss.item() == pytest.approx(-(2 * -1.0 + -2 * -2.0) / 2)
@@ -185,6 +193,18 @@ def test_kl_to_start_policy_is_zero_at_start(arith_task):
         assert set(out.logs) >= {"reward", "reward_std", "all_equal_groups", "accuracy", "cot_len", "entropy"}
 
 
+def test_reward_match_picks_the_scorers_extraction(arith_task, monkeypatch):
+    """reward_match=flexible rewards what the task's flexible extraction calls correct (and logs that accuracy)."""
+    def score(ex, text):  # every output right by the flexible extraction, unanswered by the strict one
+        return {"pred_strict": None, "correct_strict": False, "pred_flexible": ex.answer, "correct_flexible": True}
+
+    monkeypatch.setattr(arith_task, "score", score)
+    exs = arith_task.load("train")[:2]
+    for match, reward in (("strict", 0.0), ("flexible", 100.0)):
+        out = _rloo("tiny-gpt2", rollout_mode="hard", reward_match=match).loss(exs, arith_task)
+        assert (out.logs["reward"], out.logs["accuracy"]) == (reward, reward)
+
+
 # --- resume ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["soft", "hard"])
 def test_killed_and_resumed_rloo_run_is_bit_identical(tmp_path, arith_task, mode):
@@ -216,6 +236,7 @@ def test_killed_and_resumed_rloo_run_is_bit_identical(tmp_path, arith_task, mode
     ("reward_correct=nan", "reward_correct"),
     ("micro_batch=3", "micro_batch"),
     ("rollout_mode=sharp", "rollout_mode"),
+    ("reward_match=loose", "reward_match"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, setting, field):
     out = tmp_path / "run"

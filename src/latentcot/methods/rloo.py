@@ -57,6 +57,8 @@ class RLOOConfig(SoftTokensConfig):
     max_answer_tokens: answer budget of a rollout (hard tokens after the marker).
     rollout_temperature: temperature of sampled hard tokens (hard CoT and answers) in rollouts.
     reward_correct / reward_format / reward_wrong: reward when correct / answered but wrong / no answer.
+    reward_match: which of the task scorer's extractions decides (strict: "The answer is N"; flexible: the task's
+        looser one, e.g. the last number), as `accuracy_strict` / `accuracy_flexible` in evaluation.
     normalize_advantages: divide advantages by their batch standard deviation.
     kl_coef: weight of the KL penalty to the frozen start policy (0 = off).
     lora_r, lora_alpha, lora_dropout, lora_targets: LoRA through PEFT (lora_r 0 = full fine-tune).
@@ -74,6 +76,7 @@ class RLOOConfig(SoftTokensConfig):
     reward_correct: float = 100.0
     reward_format: float = 10.0
     reward_wrong: float = 0.0
+    reward_match: str = "strict"
     normalize_advantages: bool = False
     kl_coef: float = 0.0
     lora_r: int = 0
@@ -103,6 +106,8 @@ class RLOOConfig(SoftTokensConfig):
             check(self.noise_scale > 0, "noise_scale", f"sigma must be > 0 in {self.rollout_mode} mode (the Gaussian "
                   f"density needs noise), got noise_scale={self.noise_scale}")
             check(self.soft_top_k == 0, "soft_top_k", "must be 0 for RL rollouts (the log-density is over the whole vocabulary)")
+        check(self.reward_match in ("strict", "flexible"), "reward_match",
+              f"must be strict or flexible, got {self.reward_match!r}")
         for name in ("reward_correct", "reward_format", "reward_wrong", "kl_coef"):
             v = getattr(self, name)
             check(math.isfinite(v), name, f"must be a finite number, got {v}")
@@ -225,7 +230,7 @@ class RLOO(SoftTokens):
         rows, outs, records = self.rollout_rows(examples, task)
         t1 = time.perf_counter()
         scores = [task.score(ex, o.text) for ex, o in zip(rows, outs)]
-        rewards = rewards_from_scores(scores, c.reward_correct, c.reward_format, c.reward_wrong)
+        rewards = rewards_from_scores(scores, c.reward_correct, c.reward_format, c.reward_wrong, c.reward_match)
         grouped = rewards.view(len(examples), c.group_size)  # (P', G)
         adv = rloo_advantages(grouped, c.normalize_advantages).flatten().to(self.backbone.device)  # (N,)
         rep = self.replay(records)
@@ -243,7 +248,7 @@ class RLOO(SoftTokens):
             "reward": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
             "all_equal_groups": all_equal_share(grouped),
-            "accuracy": 100.0 * sum(bool(s["correct_strict"]) for s in scores) / len(scores),
+            "accuracy": 100.0 * sum(bool(s[f"correct_{c.reward_match}"]) for s in scores) / len(scores),
             "cot_len": sum(r.cot_steps for r in records) / len(records),
             "entropy": sum(ents) / max(1, len(ents)),
             "logp": float(rep.logp.detach().mean()),

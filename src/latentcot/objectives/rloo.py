@@ -2,7 +2,8 @@
 as pure functions testable with hand-computed numbers.
 
 - Rewards from the task's scorer: `reward_correct` (100) when right, `reward_format` (10) when an answer was
-  extracted but is wrong, `reward_wrong` (0) otherwise (`rewards_from_scores`).
+  extracted but is wrong, `reward_wrong` (0) otherwise (`rewards_from_scores`), by the task's strict extraction
+  (default) or its flexible one.
 - Leave-one-out advantages per group of G samples of one prompt (Ahmadian et al., "Back to Basics", 2024):
   A_i = r_i - mean_{j != i} r_j (`rloo_advantages`); they sum to zero in every group.
 - The log-probability of a trajectory is a sum of per-choice terms: a soft/fuzzy CoT step contributes the
@@ -23,13 +24,16 @@ from latentcot.models.soft import gaussian_log_density
 
 
 def rewards_from_scores(
-    scores: Sequence[dict], correct: float = 100.0, formatted: float = 10.0, wrong: float = 0.0
+    scores: Sequence[dict], correct: float = 100.0, formatted: float = 10.0, wrong: float = 0.0, match: str = "strict"
 ) -> torch.Tensor:
-    """Rewards (N,) from `Task.score` dicts: `correct` when correct_strict, `formatted` when an answer was extracted
-    (pred_strict) but is wrong, `wrong` otherwise. Raises ValueError on a non-finite reward."""
+    """Rewards (N,) from `Task.score` dicts: `correct` when correct_{match}, `formatted` when an answer was extracted
+    (pred_{match}) but is wrong, `wrong` otherwise. `match` is the task's strict ("The answer is N") or flexible
+    (e.g. the last number) extraction. Raises ValueError on a non-finite reward or an unknown `match`."""
+    if match not in ("strict", "flexible"):
+        raise ValueError(f"match must be strict or flexible, got {match!r}")
     out = []
     for s in scores:
-        r = correct if s["correct_strict"] else formatted if s["pred_strict"] is not None else wrong
+        r = correct if s[f"correct_{match}"] else formatted if s[f"pred_{match}"] is not None else wrong
         if not math.isfinite(float(r)):
             raise ValueError(f"reward {r!r} is not a finite number")
         out.append(float(r))
