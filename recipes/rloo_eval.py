@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--samples", type=int, default=32, help="samples per question in sample mode (pass@k)")
     p.add_argument("--modes", nargs="+", default=["hard", "soft", "fuzzy"])
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of sample mode")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--ood-task", default=None, help="another task for retention (mean gold NLL)")
     p.add_argument("--ood-limit", type=int, default=100)
@@ -67,6 +68,7 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     profiles: dict[str, list[float]] = {}
     results = []
+    decoding = {**DECODING, "sample": {"temperature": a.temperature}}
     for label, (values, weights) in models.items():
         tag = label.split(" ")[0] if label == "base" else label.split("(")[1].rstrip(")")
         nll = None
@@ -77,7 +79,7 @@ def main() -> None:
             nll = gold_nll(method, ood, select_examples(ood, None, 0, a.ood_limit), a.batch_size)
         for mode in a.modes:
             row = {"model": label, "mode": mode, "ood_nll": nll}
-            for dec, settings in DECODING.items():
+            for dec, settings in decoding.items():
                 n = settings.get("num_samples", a.samples)
                 out = a.out / tag / f"{mode}-{dec}"
                 res = resolve({**values, **settings, "num_samples": n, "method.token_mode": mode, "weights": weights,
@@ -97,7 +99,7 @@ def main() -> None:
     plot_entropy_profiles(profiles, a.out / "entropy_profile.png", "mean entropy of p by CoT position (sample mode)")
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     table.append(f"\n{a.limit} questions ({a.split or 'test'} split); accuracy in %; pass@k unbiased over {a.samples} "
-                 f"samples at temperature 1; CPU {cpu.ru_utime + cpu.ru_stime:.0f} s user+sys, wall {time.time() - t0:.0f} s")
+                 f"samples at temperature {a.temperature:g}; CPU {cpu.ru_utime + cpu.ru_stime:.0f} s user+sys, wall {time.time() - t0:.0f} s")
     (a.out / "six_modes.md").write_text("\n".join(table) + "\n")
     (a.out / "six_modes.json").write_text(json.dumps({"rows": results, "entropy_profiles": profiles}, indent=1))
     print("\n".join(table))

@@ -128,7 +128,10 @@ def test_rl_plots_draw_from_a_train_log(tmp_path):
     assert plot_rl_log(log, tmp_path / "one.png", "t") == tmp_path / "one.png"
     assert plot_rl_log(tmp_path / "missing.jsonl", tmp_path / "none.png") is None
     plot_rl_curves({"soft": [log]}, tmp_path / "curves.png")
+    plot_rl_curves({"soft": [log], "hard": [log]}, tmp_path / "rollout.png", accuracy="rollout", window=2)
+    with pytest.raises(ValueError):
+        plot_rl_curves({"soft": [log]}, tmp_path / "bad.png", accuracy="test")
     plot_entropy_profiles({"base / soft": [1.0, 0.5]}, tmp_path / "ent.png")
-    for name in ("one.png", "curves.png", "ent.png"):
+    for name in ("one.png", "curves.png", "rollout.png", "ent.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "none.png").exists()

@@ -279,3 +279,17 @@ def test_gold_nll_equals_the_sft_loss_and_entropy_profile(arith_task):
     assert gold_nll(m, arith_task, examples, batch_size=3) == pytest.approx(want, rel=1e-5)
     recs = [{"extra": {"entropy": [1.0, 2.0, 3.0]}}, {"extra": {"entropy": [3.0]}}, {"output": "no extra"}]
     assert entropy_profile(recs) == [2.0, 2.0, 3.0]
+
+
+def test_smollm2_recipe_bad_mode_lr_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "rloo_smollm2.py"
+    out = tmp_path / "run"
+    for bad in ("soft", "fuzzy=1e-5", "soft=fast"):
+        r = subprocess.run([sys.executable, str(script), "--out", str(out), "--modes", "soft", "--mode-lr", bad],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--mode-lr" in r.stderr, r.stderr
+    assert not out.exists()

@@ -50,27 +50,42 @@ def plot_rl_log(log_path: Path, png: Path, title: str = "") -> Path | None:
     return Path(png)
 
 
-def plot_rl_curves(runs: dict[str, list[Path]], png: Path, title: str = "") -> Path:
+def plot_rl_curves(runs: dict[str, list[Path]], png: Path, title: str = "", accuracy: str = "held-out",
+                   window: int = 1) -> Path:
     """One curve per label (e.g. rollout mode): mean over its runs (seeds) of the rollout reward and of the held-out
-    accuracy, with the min-max band over seeds."""
+    accuracy (`accuracy="rollout"`: the training rollouts' accuracy per step), with the min-max band over seeds.
+    `window` > 1 draws per-step curves as trailing moving averages over that many steps."""
     import numpy as np
 
+    if accuracy not in ("held-out", "rollout"):
+        raise ValueError(f"accuracy must be held-out or rollout, got {accuracy!r}")
+
+    def smooth(pairs: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        vals = [v for _, v in pairs]
+        return [(s, sum(vals[max(0, i - window + 1): i + 1]) / len(vals[max(0, i - window + 1): i + 1]))
+                for i, (s, _) in enumerate(pairs)]
+
+    if accuracy == "rollout":
+        pick_acc = lambda tr, ev: smooth([(r["step"], r["accuracy"]) for r in tr])  # noqa: E731
+    else:
+        pick_acc = lambda tr, ev: [(r["step"], r["eval"]["accuracy_strict"]) for r in ev]  # noqa: E731
+    per_step = f" ({window}-step moving average)" if window > 1 else ""
     with png_figure(png, (11, 4), ncols=2, suptitle=title or "RLOO") as (fig, (ax1, ax2)):
         for label, logs in runs.items():
             rows = [read_log(p) for p in logs]
-            for ax, pick in ((ax1, lambda tr, ev: [(r["step"], r["reward"]) for r in tr]),
-                             (ax2, lambda tr, ev: [(r["step"], r["eval"]["accuracy_strict"]) for r in ev])):
+            for ax, pick in ((ax1, lambda tr, ev: smooth([(r["step"], r["reward"]) for r in tr])), (ax2, pick_acc)):
                 curves = [dict(pick(tr, ev)) for tr, ev in rows]
                 steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
                 if not steps:
                     continue
                 vals = np.array([[c[s] for s in steps] for c in curves])  # (seeds, steps)
-                line = ax.plot(steps, vals.mean(0), "o-" if ax is ax2 else "-", label=f"{label} ({len(curves)} seeds)")
+                dots = ax is ax2 and accuracy != "rollout"
+                line = ax.plot(steps, vals.mean(0), "o-" if dots else "-", label=f"{label} ({len(curves)} seeds)")
                 ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.2, color=line[0].get_color())
         ax1.set_xlabel("step")
-        ax1.set_ylabel("mean rollout reward")
+        ax1.set_ylabel("mean rollout reward" + per_step)
         ax2.set_xlabel("step")
-        ax2.set_ylabel("held-out accuracy (%, greedy)")
+        ax2.set_ylabel("rollout accuracy (%)" + per_step if accuracy == "rollout" else "held-out accuracy (%, greedy)")
         ax1.legend()
         ax2.legend()
     return Path(png)

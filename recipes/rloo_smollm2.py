@@ -1,0 +1,132 @@
+"""RLOO on the real smollm2-135m-instruct (Butt et al., arXiv 2509.19170, in small, on a CPU): easy generated word
+problems, soft and hard rollouts, then the six evaluation modes base vs trained.
+
+1. Task: `word_arith` with one +/- step and numbers up to 10 (`task.max_steps=1 task.max_value=10`). The model gets
+   a one-shot system prompt (SYSTEM below: one worked example ending "The answer is N"), and rollouts sample at
+   --temperature (0.5): with the task's zero-shot instruction alone at temperature 1 its sampled pass@1 is about
+   5%, so almost every group has equal rewards (no leave-one-out signal). Measured on 16 valid questions x 4
+   samples (README): 34% with this prompt at temperature 0.5.
+2. `rloo` from the plain model (no warm start) in each of --modes: --prompts prompts x --group-size samples per
+   step, --steps steps, full fine-tuning at --lr (per mode with --mode-lr), CoT ended at "The answer is" or after
+   --max-cot-tokens, reward 100 / 10 / 0 from the task's strict scorer. No held-out evaluation during training
+   (CPU); the reward and the rollout accuracy per step are in each run's train_log.jsonl.
+3. One plot: mean rollout reward and rollout accuracy per step, one curve per mode (OUT/rloo_curves.png, with a
+   --window-step moving average), and OUT/rloo_table.md (mean reward and accuracy over the first and the last
+   quarter of the steps).
+4. `recipes/rloo_eval.py` on the base model and every trained run: six modes {hard, soft, fuzzy} x {greedy,
+   sample}, pass@1 and pass@--samples on --eval-limit held-out (test split) questions, sample mode at
+   --temperature: OUT/eval/six_modes.md.
+
+Every run is `latentcot train` / `latentcot eval` through the pipeline, resumable: re-running reuses finished runs
+and finished samples.
+
+    python recipes/rloo_smollm2.py --out runs/rloo-smollm2          # the README numbers (CPU, about 1.5 h)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+SYSTEM = ("You solve arithmetic word problems. Example:\nQuestion: Ava has 4 coins. She buys 3 more coins. How many "
+          "coins does Ava have now?\nAnswer: 4 + 3 = 7. The answer is 7.")
+
+
+def train(values: dict, out: Path) -> dict:
+    """`latentcot train` with these settings into `out` (resumes; a finished run is reused)."""
+    from latentcot.pipeline import resolve, train_run
+
+    summary = out / "train_summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    return train_run(resolve({**values, "out": str(out), "progress": True}))
+
+
+def mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/rloo-smollm2")
+    p.add_argument("--modes", nargs="+", default=["soft", "hard"], choices=["hard", "soft", "fuzzy"],
+                   help="rollout modes to train")
+    p.add_argument("--steps", type=int, default=20, help="rloo optimizer steps per run")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--mode-lr", nargs="*", default=[], metavar="MODE=LR", help="learning rate of one mode")
+    p.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    p.add_argument("--group-size", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.5, help="rollout and sample-mode temperature")
+    p.add_argument("--max-cot-tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, default=5, help="moving-average window of the plot")
+    p.add_argument("--eval-limit", type=int, default=8, help="held-out (test split) questions of the six-mode eval")
+    p.add_argument("--samples", type=int, default=32, help="samples per question in sample mode (pass@k)")
+    p.add_argument("--no-eval", action="store_true", help="train and plot only")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    out, t0 = Path(a.out), time.time()
+    mode_lr = {}
+    for item in a.mode_lr:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or key not in a.modes:
+                raise ValueError
+            mode_lr[key] = float(value)
+        except ValueError:
+            print(f"error: --mode-lr {item!r}: write MODE=LR with MODE one of {', '.join(a.modes)} and LR a number",
+                  file=sys.stderr)
+            sys.exit(2)
+    base = {"model": MODEL, "task": "word_arith", "task.max_steps": 1, "task.max_value": 10, "device": "cpu",
+            "method": "rloo", "system": SYSTEM, "max_cot_tokens": a.max_cot_tokens, "max_answer_tokens": 8,
+            "max_new_tokens": 8, "rollout_temperature": a.temperature, "group_size": a.group_size,
+            "prompts_per_step": a.prompts, "train.max_steps": a.steps, "eval_every": 0, "log_every": 1, "save_every": 5,
+            "run.seed": a.seed, "batch_size": 64}
+    runs, rows = {}, []
+    from latentcot.analysis.rl import plot_rl_curves, read_log
+
+    for mode in a.modes:
+        run = out / f"rloo-{mode}-s{a.seed}"
+        train({**base, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr)}, run)
+        runs[mode] = [run / "train_log.jsonl"]
+        tr, _ = read_log(run / "train_log.jsonl")
+        q = max(1, len(tr) // 4)
+        rows.append({"mode": mode, "lr": mode_lr.get(mode, a.lr), "steps": len(tr),
+                     "reward_first": mean(tr[:q], "reward"), "reward_last": mean(tr[-q:], "reward"),
+                     "acc_first": mean(tr[:q], "accuracy"), "acc_last": mean(tr[-q:], "accuracy"),
+                     "equal_first": mean(tr[:q], "all_equal_groups"), "equal_last": mean(tr[-q:], "all_equal_groups"),
+                     "cpu_s": sum(r.get("step_s", 0.0) for r in tr)})
+    png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {MODEL}, word_arith (1 step, numbers <= 10)",
+                         accuracy="rollout", window=a.window)
+    q = "first / last quarter of the steps"
+    lines = [f"| rollout mode | lr | steps | mean reward ({q}) | rollout accuracy % ({q}) | groups all equal ({q}) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['lr']:g} | {r['steps']} | {r['reward_first']:.1f} -> {r['reward_last']:.1f} | "
+              f"{r['acc_first']:.1f} -> {r['acc_last']:.1f} | {r['equal_first']:.2f} -> {r['equal_last']:.2f} |"
+              for r in rows]
+    (out / "rloo_table.md").write_text("\n".join(lines) + "\n")
+    (out / "rloo_results.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+    print(f"wrote {png}")
+    if not a.no_eval:
+        cmd = [sys.executable, str(Path(__file__).with_name("rloo_eval.py")),
+               *[str(out / f"rloo-{m}-s{a.seed}") for m in a.modes], "--split", "test", "--limit", str(a.eval_limit),
+               "--samples", str(a.samples), "--temperature", str(a.temperature),
+               "--batch-size", str(a.eval_limit * a.samples), "--out", str(out / "eval")]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"CPU {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.0f} s user+sys, "
+          f"wall {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
