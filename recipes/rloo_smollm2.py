@@ -2,7 +2,8 @@
 problems, soft and hard rollouts, then the six evaluation modes base vs trained.
 
 1. Task: `word_arith` with one +/- step and numbers up to 10 (`task.max_steps=1 task.max_value=10`). The model gets
-   a one-shot system prompt (SYSTEM below: one worked example ending "The answer is N"), and rollouts sample at
+   a one-shot system prompt (one worked example ending "The answer is N"; both from rloo_smollm2_word_arith.yaml,
+   which alone measures the base pass rates), and rollouts sample at
    --temperature (0.5): with the task's zero-shot instruction alone at temperature 1 its sampled pass@1 is about
    5%, so almost every group has equal rewards (no leave-one-out signal). Measured on 16 valid questions x 4
    samples (README): 34% with this prompt at temperature 0.5.
@@ -34,9 +35,16 @@ import sys
 import time
 from pathlib import Path
 
-MODEL = "smollm2-135m-instruct"
-SYSTEM = ("You solve arithmetic word problems. Example:\nQuestion: Ava has 4 coins. She buys 3 more coins. How many "
-          "coins does Ava have now?\nAnswer: 4 + 3 = 7. The answer is 7.")
+SETTING = Path(__file__).with_name("rloo_smollm2_word_arith.yaml")  # the task, the prompt, the CoT budget
+
+
+def setting() -> dict:
+    """The shared setting (also used alone for the base pass-rate probes) as dotted keys."""
+    import yaml
+
+    data = yaml.safe_load(SETTING.read_text())
+    return {"model": data["run"]["model"], "task": data["run"]["task"], "system": data["method"]["system"],
+            **{f"task.{k}": v for k, v in data["task"].items()}}
 
 
 def train(values: dict, out: Path) -> dict:
@@ -84,8 +92,7 @@ def main() -> None:
             print(f"error: --mode-lr {item!r}: write MODE=LR with MODE one of {', '.join(a.modes)} and LR a number",
                   file=sys.stderr)
             sys.exit(2)
-    base = {"model": MODEL, "task": "word_arith", "task.max_steps": 1, "task.max_value": 10, "device": "cpu",
-            "method": "rloo", "system": SYSTEM, "max_cot_tokens": a.max_cot_tokens, "max_answer_tokens": 8,
+    base = {**setting(), "device": "cpu", "method": "rloo", "max_cot_tokens": a.max_cot_tokens, "max_answer_tokens": 8,
             "max_new_tokens": 8, "rollout_temperature": a.temperature, "group_size": a.group_size,
             "prompts_per_step": a.prompts, "train.max_steps": a.steps, "eval_every": 0, "log_every": 1, "save_every": 5,
             "run.seed": a.seed, "batch_size": 64}
@@ -103,7 +110,7 @@ def main() -> None:
                      "acc_first": mean(tr[:q], "accuracy"), "acc_last": mean(tr[-q:], "accuracy"),
                      "equal_first": mean(tr[:q], "all_equal_groups"), "equal_last": mean(tr[-q:], "all_equal_groups"),
                      "cpu_s": sum(r.get("step_s", 0.0) for r in tr)})
-    png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {MODEL}, word_arith (1 step, numbers <= 10)",
+    png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {base['model']}, word_arith (1 step, numbers <= 10)",
                          accuracy="rollout", window=a.window)
     q = "first / last quarter of the steps"
     lines = [f"| rollout mode | lr | steps | mean reward ({q}) | rollout accuracy % ({q}) | groups all equal ({q}) |",
