@@ -50,7 +50,7 @@ def test_recipe_parses_and_names_only_existing_settings(path):
             assert got == value or (isinstance(value, list) and list(got) == value), f"{section}.{key}"
     small = resolve({}, str(path), smoke=True)
     assert small.run.model.startswith("tiny-") and small.run.out.endswith("-smoke")
-    assert small.train.max_steps == SMOKE["max_steps"] and small.run.limit == SMOKE["limit"]
+    assert small.train.max_steps == SMOKE["train.max_steps"] and small.run.limit == SMOKE["limit"]
 
 
 @pytest.mark.parametrize("path", [f for f in FILES if f.stem in REQUIRED], ids=lambda p: p.stem)

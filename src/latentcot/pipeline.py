@@ -116,7 +116,7 @@ class Resolved:
 # Layered over the file, under the method's own smoke settings, the recipe's `smoke:` section and the command line.
 SMOKE: dict[str, Any] = {
     "model": "tiny-llama", "dtype": "float32", "device": "cpu", "limit": 2, "batch_size": 2, "seeds": [0],
-    "eval_limit": 0, "max_steps": 2, "train_batch_size": 2, "grad_accum": 1, "train_limit": 8, "save_every": 0,
+    "eval_limit": 0, "train.max_steps": 2, "train_batch_size": 2, "grad_accum": 1, "train_limit": 8, "save_every": 0,
     "eval_every": 0, "log_every": 1, "warmup_steps": 0, "max_new_tokens": 8, "num_samples": 1, "source": "local",
     "trust_remote_code": False,
 }
@@ -170,7 +170,7 @@ def resolve(values: dict[str, Any], config_file: str | None = None, smoke: bool 
     }
     if smoke:  # a generic smoke default that this method or task has no field for is left out
         known = {f for cls in sections.values() for f in field_types(cls)}
-        for key in [k for k in generic if k not in known]:
+        for key in [k for k in generic if k.split(".")[-1] not in known]:  # train.max_steps: a task may have max_steps
             del generic[key]
     routed: dict[str, dict[str, Any]] = {name: {} for name in sections}
     for layer in layers:  # later layers win field by field, whether a key is written flat or dotted
