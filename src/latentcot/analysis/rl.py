@@ -80,7 +80,8 @@ def plot_rl_curves(runs: dict[str, list[Path]], png: Path, title: str = "", accu
                     continue
                 vals = np.array([[c[s] for s in steps] for c in curves])  # (seeds, steps)
                 dots = ax is ax2 and accuracy != "rollout"
-                line = ax.plot(steps, vals.mean(0), "o-" if dots else "-", label=f"{label} ({len(curves)} seeds)")
+                seeds = f"{len(curves)} seed" + ("s" if len(curves) > 1 else "")
+                line = ax.plot(steps, vals.mean(0), "o-" if dots else "-", label=f"{label} ({seeds})")
                 ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.2, color=line[0].get_color())
         ax1.set_xlabel("step")
         ax1.set_ylabel("mean rollout reward" + per_step)
