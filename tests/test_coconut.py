@@ -58,14 +58,22 @@ def test_cached_latent_steps_equal_full_forward(arch: str) -> None:
     torch.testing.assert_close(state.hidden, out.hidden_states[-1][:, -1], atol=1e-5, rtol=1e-4)
 
 
-def _naive_loss(m, task, ex: Example, n: int, target: list[int]) -> tuple[torch.Tensor, int]:
-    """The official-code way: a full forward over the whole sequence for every latent step (no cache)."""
+def _at_embedding_norm(m, h: torch.Tensor) -> torch.Tensor:
+    """Hand computation of `thought_norm=embedding`: h scaled to the mean norm of the input-embedding rows."""
+    rows = m.backbone.model.get_input_embeddings().weight
+    return h / h.norm(dim=-1, keepdim=True) * rows.norm(dim=-1).mean()
+
+
+def _naive_loss(m, task, ex: Example, n: int, target: list[int], feed=None) -> tuple[torch.Tensor, int]:
+    """The official-code way: a full forward over the whole sequence for every latent step (no cache); `feed`
+    maps the last hidden state to the next input (default: itself, as the official code)."""
     bb = m.backbone
     pre = splice([m.prefix(ex, task)], bb.embed, 0, "right").inputs_embeds[0]  # (P, d)
     seq = pre
     for _ in range(n):
         out = bb.model(inputs_embeds=seq[None], output_hidden_states=True)
-        seq = torch.cat([seq, out.hidden_states[-1][0, -1:]], dim=0)  # (P+j+1, d)
+        h = out.hidden_states[-1][0, -1:]  # (1, d)
+        seq = torch.cat([seq, feed(m, h) if feed else h], dim=0)  # (P+j+1, d)
     suffix = splice([[tokens([m.eot_id]), tokens(target, labels=True)]], bb.embed, 0, "right")
     full = torch.cat([seq, suffix.inputs_embeds[0]], dim=0)[None]  # (1, P+n+S, d)
     labels = torch.cat([torch.full((seq.shape[0],), -100), suffix.labels[0]])[None]
@@ -74,11 +82,12 @@ def _naive_loss(m, task, ex: Example, n: int, target: list[int]) -> tuple[torch.
     return lm_loss(logits, labels) * count, count
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_training_rollout_equals_naive_recompute_with_gradients(arch: str) -> None:
+@pytest.mark.parametrize(("arch", "thought_norm"), [("gpt2", "none"), ("llama", "none"), ("gpt2", "embedding")])
+def test_training_rollout_equals_naive_recompute_with_gradients(arch: str, thought_norm: str) -> None:
     """KV-cached training rollout (mixed thought counts in one right-padded batch) == per-row full recompute:
-    same loss, same gradients (so gradients do flow through the cache into earlier latent passes)."""
-    m = _method(arch=arch).train()
+    same loss, same gradients (so gradients do flow through the cache into earlier latent passes); with
+    thought_norm=embedding the recompute rescales by hand, gradients flowing into the embedding rows too."""
+    m = _method(arch=arch, thought_norm=thought_norm).train()
     task, exs, counts = _task(), _uneven(), [1, 3]
     targets = [m.target_ids(ex, task) for ex in exs]
     ro = rollout(m.backbone, [m.prefix(ex, task) for ex in exs], counts, m.to_input,
@@ -86,7 +95,8 @@ def test_training_rollout_equals_naive_recompute_with_gradients(arch: str) -> No
     loss = lm_loss(ro.out.logits, ro.suffix.labels)
     params = [p for _, p in m.trainable_parameters()]
     grads = torch.autograd.grad(loss, params)
-    parts = [_naive_loss(m, task, ex, n, t) for ex, n, t in zip(exs, counts, targets)]
+    feed = _at_embedding_norm if thought_norm == "embedding" else None
+    parts = [_naive_loss(m, task, ex, n, t, feed) for ex, n, t in zip(exs, counts, targets)]
     naive = sum(s for s, _ in parts) / sum(c for _, c in parts)
     naive_grads = torch.autograd.grad(naive, params)
     torch.testing.assert_close(loss, naive, atol=1e-5, rtol=1e-5)
@@ -186,9 +196,33 @@ def test_loss_drops_rationale_steps_per_stage() -> None:
     assert torch.isfinite(out.loss) and out.logs["stage"] == 2
 
 
+def test_thought_norm_embedding_rescales_what_generation_feeds() -> None:
+    """to_input keeps h's direction at the mean embedding-row norm (the default feeds h as it is), and the
+    cached generation loop feeds exactly that: equal to a hand loop over the engine with the hand rescale."""
+    m = _method(thought_norm="embedding").eval()
+    rows = m.backbone.model.get_input_embeddings().weight.detach()
+    h = torch.randn(3, rows.shape[1]) * torch.tensor([[0.1], [1.0], [30.0]])
+    with torch.no_grad():
+        out = m.to_input(h)
+    torch.testing.assert_close(out.norm(dim=-1), rows.norm(dim=-1).mean().expand(3))
+    torch.testing.assert_close(out / out.norm(dim=-1, keepdim=True), h / h.norm(dim=-1, keepdim=True))
+    assert _method().to_input(h) is h
+    task, exs, n = _task(), _uneven(), 3
+    with torch.no_grad():
+        start = m.engine.prefill(m.splice_rows([m.prefix(ex, task) for ex in exs]), want_hidden=True)
+        got = m.think_steps(start, n)
+        state = m.engine.prefill(m.splice_rows([m.prefix(ex, task) for ex in exs]), want_hidden=True)
+        for _ in range(n):
+            state = m.engine.step(state, _at_embedding_norm(m, state.hidden), want_hidden=True)
+        plain = _method().eval().think_steps(
+            m.engine.prefill(m.splice_rows([m.prefix(ex, task) for ex in exs]), want_hidden=True), n)
+    torch.testing.assert_close(got.logits, state.logits, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got.logits, plain.logits, atol=1e-3)
+
+
 def test_bad_settings_name_the_field_and_example() -> None:
     for bad in ({"num_thoughts": 0}, {"num_thoughts": -1}, {"thoughts_per_step": 0}, {"max_stage": 0},
-                {"mix_prob": 1.0}):
+                {"mix_prob": 1.0}, {"thought_norm": "unit"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             _method(**bad)
     m, task = _method(max_stage=5, stage_steps=1), _task(k=2)

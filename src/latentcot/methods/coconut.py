@@ -12,12 +12,22 @@ Better than the official code: generation is batched and KV-cached through the s
 is batch 1 and re-runs the whole sequence at every step); the training rollout feeds the prefix once and each
 latent step as an incremental forward over the KV cache (gradients flow through the cache), with rows at
 different stages in one batch handled by masking instead of per-row loops.
+
+One setting the official code does not have, off by default: `thought_norm=embedding` rescales each fed-back
+state to the mean norm of the input-embedding rows (direction unchanged). In the demo's from-scratch models the
+last hidden state (after the final layer norm) is ~20x longer than a token embedding, so a thought swamps the
+residual stream it enters and the layers' updates barely move it; at embedding norm one thought learns to carry
+one hop (README, demo study).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import torch
+
+from latentcot.config import check
 from latentcot.latent.curriculum import Curriculum, split_rationale, without_first_steps
 from latentcot.latent.rollout import Rollout, forward, rollout, think
 from latentcot.methods.base import LossOutput, register
@@ -27,13 +37,45 @@ from latentcot.objectives.lm import lm_loss
 from latentcot.tasks.base import Example, Task
 
 # Re-exported: these names lived here before the shared pieces moved beneath the method files.
-__all__ = ["BOT", "EOT", "Coconut", "Curriculum", "CurriculumConfig", "CurriculumMethod", "LatentMethod", "Rollout",
+__all__ = ["BOT", "EOT", "Coconut", "CoconutConfig", "Curriculum", "CurriculumConfig", "CurriculumMethod", "LatentMethod", "Rollout",
            "forward", "rollout", "split_rationale", "think", "without_first_steps"]
+
+
+THOUGHT_NORMS = ("none", "embedding")
+
+
+@dataclass
+class CoconutConfig(CurriculumConfig):
+    """The curriculum's settings, plus:
+
+    Attributes:
+        thought_norm: "none" (the paper and its code: the last hidden state is the next input as it is) or
+            "embedding" (rescaled to the mean L2 norm of the input-embedding rows, from the current weights at
+            every step, gradients flowing through both; the direction is kept).
+    """
+
+    thought_norm: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.thought_norm in THOUGHT_NORMS, "thought_norm",
+              f"must be one of {', '.join(THOUGHT_NORMS)}, got {self.thought_norm!r}")
 
 
 @register("coconut")
 class Coconut(CurriculumMethod):
     """Continuous thoughts: the last hidden state fed back as the next input (Hao et al., arXiv 2412.06769)."""
+
+    Config = CoconutConfig
+    cfg: CoconutConfig
+
+    def to_input(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, d) as it is, or at the mean input-embedding row norm (`thought_norm=embedding`)."""
+        if self.cfg.thought_norm == "none":
+            return h
+        rows = self.backbone.model.get_input_embeddings().weight
+        target = rows.norm(dim=-1).mean().to(h.dtype)
+        return h * (target / h.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(h.dtype).tiny))
 
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         plans = [self.plan(ex, task) for ex in examples]
