@@ -12,6 +12,9 @@ seconds. Each setting gets its own directory under --out, so the runs are reused
     python recipes/demo_study.py --format pair --max-stage 2 --no-final-stage --coconut-steps 1200
     # `n7 n7` and `n7 p7` steps, where stage 1 already needs the thought: stages 1-2 of 300 steps from 300 SFT steps
     python recipes/demo_study.py --format dup --sft-steps 300 --max-stage 2 --no-final-stage --coconut-steps 600
+    # thoughts rescaled to the embedding-row norm (coconut thought_norm=embedding): stages 1-2, then all 4 stages
+    python recipes/demo_study.py --format pair --sft-steps 300 --thought-norm embedding --max-stage 2 --no-final-stage --coconut-steps 600
+    python recipes/demo_study.py --format pair --sft-steps 300 --thought-norm embedding
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> None:
     p.add_argument("--max-stage", type=int, default=4, help="curriculum stages (4 = one per hop)")
     p.add_argument("--no-final-stage", action="store_true", help="the last stage runs to the end of --coconut-steps")
     p.add_argument("--coconut-steps", type=int, help="coconut/pause steps in all (default stage steps x max stage)")
+    p.add_argument("--thought-norm", default="none", choices=["none", "embedding"],
+                   help="coconut's and codi's thought_norm (embedding: thoughts rescaled to the embedding-row norm)")
     p.add_argument("--methods", default="cot_sft,coconut", help="arms to run, in order (cot_sft first)")
     p.add_argument("--eval-questions", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -65,12 +70,17 @@ def main() -> None:
            f"-{'plain' if a.plain else f'proto-w{a.warmup}'}-s{a.seed}")
     if a.max_stage != 4 or a.no_final_stage or a.coconut_steps:
         tag += f"-m{a.max_stage}{'-nofinal' if a.no_final_stage else ''}-c{a.coconut_steps or a.stage_steps * a.max_stage}"
+    if a.thought_norm != "none":
+        tag += f"-tn{a.thought_norm}"
     out = Path(a.out) / tag
     by_name = {arm.method: arm for arm in arms(s, "pointer_chase2")}
     for name in ("coconut", "pause"):  # the curriculum arms: stages and total steps as asked
         arm = by_name[name]
         arm.settings = {**arm.settings, "max_stage": a.max_stage, **({"final_stage": False} if a.no_final_stage else {})}
         arm.steps = a.coconut_steps or a.stage_steps * a.max_stage
+    for name in ("coconut", "codi"):
+        if a.thought_norm != "none":
+            by_name[name].settings = {**by_name[name].settings, "thought_norm": a.thought_norm}
     for name in a.methods.split(","):
         c0, t0 = cpu_seconds(), time.time()
         row = run_arm(s, "pointer_chase2", by_name[name], out, progress=False)

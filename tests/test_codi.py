@@ -107,10 +107,23 @@ def test_missing_anchor_names_field_and_example() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"num_thoughts": 0}, {"num_thoughts": -2}, {"distill_loss": "l2"}, {"beta": -1.0},
-                                 {"distill_anchor": " "}])
+                                 {"distill_anchor": " "}, {"thought_norm": "unit"}])
 def test_bad_settings(bad: dict) -> None:
     with pytest.raises(ConfigError, match=next(iter(bad))):
         _codi(**bad)
+
+
+def test_thought_norm_embedding_rescales_the_projection_output() -> None:
+    """thought_norm=embedding: the projection's output, direction kept, at the mean embedding-row norm (by hand);
+    the default is the projection's output as it is."""
+    m = _codi(thought_norm="embedding")
+    h = torch.randn(3, m.backbone.hidden_size)
+    with torch.no_grad():
+        v = m.projection(h)
+        rows = m.backbone.model.get_input_embeddings().weight
+        torch.testing.assert_close(m.to_input(h), v / v.norm(dim=-1, keepdim=True) * rows.norm(dim=-1).mean())
+        plain = _codi()
+        torch.testing.assert_close(plain.to_input(h), plain.projection(h))
 
 
 @pytest.mark.parametrize("distill", ["l1", "smooth_l1_std"])

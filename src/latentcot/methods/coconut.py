@@ -14,10 +14,9 @@ latent step as an incremental forward over the KV cache (gradients flow through 
 different stages in one batch handled by masking instead of per-row loops.
 
 One setting the official code does not have, off by default: `thought_norm=embedding` rescales each fed-back
-state to the mean norm of the input-embedding rows (direction unchanged). In the demo's from-scratch models the
-last hidden state (after the final layer norm) is ~20x longer than a token embedding, so a thought swamps the
-residual stream it enters and the layers' updates barely move it; at embedding norm one thought learns to carry
-one hop (README, demo study).
+state to the mean norm of the input-embedding rows (direction unchanged; `methods.latent.at_thought_norm`). In
+the demo's from-scratch models the last hidden state (after the final layer norm) is ~20x longer than a token
+embedding (README, demo study).
 """
 
 from __future__ import annotations
@@ -27,11 +26,18 @@ from dataclasses import dataclass
 
 import torch
 
-from latentcot.config import check
 from latentcot.latent.curriculum import Curriculum, split_rationale, without_first_steps
 from latentcot.latent.rollout import Rollout, forward, rollout, think
 from latentcot.methods.base import LossOutput, register
-from latentcot.methods.latent import BOT, EOT, CurriculumConfig, CurriculumMethod, LatentMethod
+from latentcot.methods.latent import (
+    BOT,
+    EOT,
+    CurriculumConfig,
+    CurriculumMethod,
+    LatentMethod,
+    at_thought_norm,
+    check_thought_norm,
+)
 from latentcot.models.splice import IGNORE, tokens
 from latentcot.objectives.lm import lm_loss
 from latentcot.tasks.base import Example, Task
@@ -39,9 +45,6 @@ from latentcot.tasks.base import Example, Task
 # Re-exported: these names lived here before the shared pieces moved beneath the method files.
 __all__ = ["BOT", "EOT", "Coconut", "CoconutConfig", "Curriculum", "CurriculumConfig", "CurriculumMethod", "LatentMethod", "Rollout",
            "forward", "rollout", "split_rationale", "think", "without_first_steps"]
-
-
-THOUGHT_NORMS = ("none", "embedding")
 
 
 @dataclass
@@ -58,8 +61,7 @@ class CoconutConfig(CurriculumConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.thought_norm in THOUGHT_NORMS, "thought_norm",
-              f"must be one of {', '.join(THOUGHT_NORMS)}, got {self.thought_norm!r}")
+        check_thought_norm(self.thought_norm)
 
 
 @register("coconut")
@@ -71,11 +73,7 @@ class Coconut(CurriculumMethod):
 
     def to_input(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, d) as it is, or at the mean input-embedding row norm (`thought_norm=embedding`)."""
-        if self.cfg.thought_norm == "none":
-            return h
-        rows = self.backbone.model.get_input_embeddings().weight
-        target = rows.norm(dim=-1).mean().to(h.dtype)
-        return h * (target / h.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(h.dtype).tiny))
+        return at_thought_norm(self.backbone, h, self.cfg.thought_norm)
 
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         plans = [self.plan(ex, task) for ex in examples]

@@ -34,7 +34,7 @@ from latentcot.errors import ConfigError
 from latentcot.latent.curriculum import split_rationale
 from latentcot.latent.rollout import rollout
 from latentcot.methods.base import LossOutput, register
-from latentcot.methods.latent import LatentMethod
+from latentcot.methods.latent import LatentMethod, at_thought_norm, check_thought_norm
 from latentcot.methods.sft import SFTConfig
 from latentcot.models.backbone import Backbone
 from latentcot.models.splice import tokens
@@ -56,6 +56,8 @@ class CODIConfig(SFTConfig):
         e.g. "The answer is" or "####"); it must occur in every teacher target.
     drop_last_step: leave the last rationale step out of the teacher's CoT (the paper does).
     proj_dim: hidden width of the projection MLP (0 = the backbone's hidden size).
+    thought_norm: "none" (the paper's: the projection's output as it is, a LayerNorm output) or "embedding" (that
+        output rescaled to the mean norm of the input-embedding rows; see `coconut`).
     """
 
     num_thoughts: int = 6
@@ -66,6 +68,7 @@ class CODIConfig(SFTConfig):
     distill_anchor: str | None = None
     drop_last_step: bool = True
     proj_dim: int = 0
+    thought_norm: str = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +76,7 @@ class CODIConfig(SFTConfig):
         check(self.distill_loss in DISTILL_LOSSES, "distill_loss", f"must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}")
         for name in ("alpha", "beta", "gamma"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check_thought_norm(self.thought_norm)
         check(self.proj_dim >= 0, "proj_dim", f"must be >= 0 (0 = hidden size), got {self.proj_dim}")
         check(self.distill_anchor is None or self.distill_anchor.strip() != "", "distill_anchor", "must not be blank")
 
@@ -117,7 +121,7 @@ class CODI(LatentMethod):
         return self.cfg.num_thoughts
 
     def to_input(self, h: torch.Tensor) -> torch.Tensor:
-        return self.projection(h)
+        return at_thought_norm(self.backbone, self.projection(h), self.cfg.thought_norm)
 
     def pieces(self, ex: Example, task: Task) -> tuple[list[int], list[int], list[int]]:
         """Token ids of the teacher target cut at the anchor: (rationale, anchor phrase, answer + EOS).

@@ -25,6 +25,23 @@ from latentcot.models.splice import Piece, tokens
 from latentcot.tasks.base import Example, Task
 
 BOT, EOT = "<bot>", "<eot>"
+THOUGHT_NORMS = ("none", "embedding")
+
+
+def check_thought_norm(value: str) -> None:
+    check(value in THOUGHT_NORMS, "thought_norm", f"must be one of {', '.join(THOUGHT_NORMS)}, got {value!r}")
+
+
+def at_thought_norm(backbone: Backbone, v: torch.Tensor, how: str) -> torch.Tensor:
+    """A continuous thought (B, d) as it is (`none`, the papers') or rescaled to the mean L2 norm of the
+    input-embedding rows (`embedding`): the direction is kept, the norm comes from the current weights, and
+    gradients flow through both. In from-scratch models the last hidden state (after the final layer norm) is
+    ~20x longer than a token embedding, so an unscaled thought swamps the residual stream it enters."""
+    if how == "none":
+        return v
+    rows = backbone.model.get_input_embeddings().weight
+    target = rows.norm(dim=-1).mean().to(v.dtype)
+    return v * (target / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny))
 
 
 @dataclass
