@@ -2,8 +2,11 @@
 # SoftCoT++ beside SoftCoT on the real pair: qwen2.5-coder-0.5b-instruct backbone, smollm2-135m-instruct assistant,
 # GSM8K, the same training problems, steps and test questions for both arms, then an exact McNemar test.
 #
-# Defaults are the REDUCED CPU run reported in the README (30 questions, 12 training steps of batch 2, 8 training
-# thoughts, K = 3 chains); the full comparison the issue asks for is
+# Defaults are a REDUCED CPU run (30 questions, 12 training steps of batch 2, 8 training thoughts, K = 3 chains);
+# no result of this script is in the README yet. Measured on the 2-core machine with Q=100 (one thread, other jobs
+# running): training 304 CPU s (softcot) and 875 CPU s (softcot_pp); the evaluations of 100 questions, estimated
+# from their first questions, take about
+# an hour (softcot) and two to three hours (softcot_pp, 3 chains) of one core. The full comparison is
 #   Q=100 STEPS=60 BATCH=4 NTRAIN=32 K=10 bash recipes/softcot_pp_real_pair.sh
 # (about 10x the reduced run's CPU time for training and 3x for SoftCoT++ evaluation on a 2-core machine).
 #
