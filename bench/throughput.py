@@ -181,6 +181,7 @@ def main() -> None:
         for name, fn in arms.items():
             try:
                 got[name] = fn()
+                print(f"#  {name}, batch {batch}: {got[name][0]:.1f} s", flush=True)  # progress (table below)
             except VLLMFailed as e:
                 print(f"| {batch} | vLLM | failed: see below | | | | |\n{e}", flush=True)
         ref = got["engine static"][1]
