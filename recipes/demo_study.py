@@ -38,6 +38,19 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def norms(run: Path) -> str:
+    """Mean norm of the token-embedding and position rows and the final layer norm's gain, from a run's weights:
+    the scale a token input has against the scale of a fed-back last hidden state."""
+    from safetensors.torch import load_file
+
+    w = load_file(str(run / "trainable.safetensors"))
+    get = {key.rsplit(".", 2)[-2]: v for key, v in w.items() if key.endswith(("wte.weight", "wpe.weight", "ln_f.weight"))}
+    if len(get) < 3:
+        return "norms: not a GPT-2 run"
+    return (f"token-embedding rows' mean norm {get['wte'].norm(dim=-1).mean():.2f}, position rows' "
+            f"{get['wpe'].norm(dim=-1).mean():.2f}, final layer norm's gain {get['ln_f'].norm():.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--format", default="pair", choices=["sep", "digits", "pair", "dup", "ptr"], help="pointer_chase2 step format")
@@ -93,6 +106,7 @@ def main() -> None:
         elif log.is_file():
             rows = [json.loads(x) for x in log.read_text().splitlines() if "loss" in x]
             losses = [f"step {r['step']}: {r['loss']:.3f}" for r in rows if r["step"] % 100 == 0]
+            print(f"{tag} {name}: {norms(log.parent)}", flush=True)
         print(f"{tag} {name}: accuracy {row['accuracy']:.1f}%, decode steps {row['decode_steps']:.1f}, "
               f"{time.time() - t0:.0f} s wall, {cpu_seconds() - c0:.0f} s CPU; final losses {', '.join(losses)}",
               flush=True)
