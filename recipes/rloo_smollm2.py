@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="rloo optimizer steps per run")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--mode-lr", nargs="*", default=[], metavar="MODE=LR", help="learning rate of one mode")
+    p.add_argument("--mode-steps", nargs="*", default=[], metavar="MODE=N", help="steps of one mode (over --steps)")
     p.add_argument("--prompts", type=int, default=4, help="prompts per step")
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.5, help="rollout and sample-mode temperature")
@@ -81,27 +82,35 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out, t0 = Path(a.out), time.time()
-    mode_lr = {}
-    for item in a.mode_lr:
-        key, sep, value = item.partition("=")
-        try:
-            if not sep or key not in a.modes:
-                raise ValueError
-            mode_lr[key] = float(value)
-        except ValueError:
-            print(f"error: --mode-lr {item!r}: write MODE=LR with MODE one of {', '.join(a.modes)} and LR a number",
-                  file=sys.stderr)
-            sys.exit(2)
+
+    def per_mode(items: list[str], flag: str, cast) -> dict:
+        """MODE=VALUE items; a malformed item, an unknown mode or a bad value is one line and exit 2."""
+        out = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            try:
+                if not sep or key not in a.modes:
+                    raise ValueError
+                out[key] = cast(value)
+            except ValueError:
+                print(f"error: {flag} {item!r}: write MODE=VALUE with MODE one of {', '.join(a.modes)} and VALUE a "
+                      f"{cast.__name__}", file=sys.stderr)
+                sys.exit(2)
+        return out
+
+    mode_lr = per_mode(a.mode_lr, "--mode-lr", float)
+    mode_steps = per_mode(a.mode_steps, "--mode-steps", int)
     base = {**setting(), "device": "cpu", "method": "rloo", "max_cot_tokens": a.max_cot_tokens, "max_answer_tokens": 8,
             "max_new_tokens": 8, "rollout_temperature": a.temperature, "group_size": a.group_size,
-            "prompts_per_step": a.prompts, "train.max_steps": a.steps, "eval_every": 0, "log_every": 1, "save_every": 5,
+            "prompts_per_step": a.prompts, "eval_every": 0, "log_every": 1, "save_every": 5,
             "run.seed": a.seed, "batch_size": 64}
     runs, rows = {}, []
     from latentcot.analysis.rl import plot_rl_curves, read_log
 
     for mode in a.modes:
         run = out / f"rloo-{mode}-s{a.seed}"
-        train({**base, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr)}, run)
+        train({**base, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr),
+               "train.max_steps": mode_steps.get(mode, a.steps)}, run)
         runs[mode] = [run / "train_log.jsonl"]
         tr, _ = read_log(run / "train_log.jsonl")
         q = max(1, len(tr) // 4)

@@ -281,15 +281,16 @@ def test_gold_nll_equals_the_sft_loss_and_entropy_profile(arith_task):
     assert entropy_profile(recs) == [2.0, 2.0, 3.0]
 
 
-def test_smollm2_recipe_bad_mode_lr_is_one_line_exit_2(tmp_path):
+def test_smollm2_recipe_bad_mode_settings_are_one_line_exit_2(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "recipes" / "rloo_smollm2.py"
     out = tmp_path / "run"
-    for bad in ("soft", "fuzzy=1e-5", "soft=fast"):
-        r = subprocess.run([sys.executable, str(script), "--out", str(out), "--modes", "soft", "--mode-lr", bad],
+    for flag, bad in (("--mode-lr", "soft"), ("--mode-lr", "fuzzy=1e-5"), ("--mode-lr", "soft=fast"),
+                      ("--mode-steps", "soft=2.5")):
+        r = subprocess.run([sys.executable, str(script), "--out", str(out), "--modes", "soft", flag, bad],
                            capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--mode-lr" in r.stderr, r.stderr
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr, r.stderr
     assert not out.exists()
