@@ -119,14 +119,19 @@ def main() -> None:
                      "acc_first": mean(tr[:q], "accuracy"), "acc_last": mean(tr[-q:], "accuracy"),
                      "equal_first": mean(tr[:q], "all_equal_groups"), "equal_last": mean(tr[-q:], "all_equal_groups"),
                      "cpu_s": sum(r.get("step_s", 0.0) for r in tr)})
+    shared = min(r["steps"] for r in rows)  # every mode sees the same prompts at a step (same seed, same data order)
+    for r, mode in zip(rows, a.modes):
+        tr, _ = read_log(out / f"rloo-{mode}-s{a.seed}" / "train_log.jsonl")
+        r["reward_shared"], r["acc_shared"] = mean(tr[:shared], "reward"), mean(tr[:shared], "accuracy")
     png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {base['model']}, word_arith (1 step, numbers <= 10)",
                          accuracy="rollout", window=a.window)
     q = "first / last quarter of the steps"
-    lines = [f"| rollout mode | lr | steps | mean reward ({q}) | rollout accuracy % ({q}) | groups all equal ({q}) |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| rollout mode | lr | steps | mean reward ({q}) | rollout accuracy % ({q}) | groups all equal ({q}) | "
+             f"mean reward / accuracy, steps 1-{shared} (same prompts in every mode) |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['lr']:g} | {r['steps']} | {r['reward_first']:.1f} -> {r['reward_last']:.1f} | "
-              f"{r['acc_first']:.1f} -> {r['acc_last']:.1f} | {r['equal_first']:.2f} -> {r['equal_last']:.2f} |"
-              for r in rows]
+              f"{r['acc_first']:.1f} -> {r['acc_last']:.1f} | {r['equal_first']:.2f} -> {r['equal_last']:.2f} | "
+              f"{r['reward_shared']:.1f} / {r['acc_shared']:.1f} |" for r in rows]
     (out / "rloo_table.md").write_text("\n".join(lines) + "\n")
     (out / "rloo_results.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
