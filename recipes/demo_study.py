@@ -91,8 +91,8 @@ def main() -> None:
         arm = by_name[name]
         arm.settings = {**arm.settings, "max_stage": a.max_stage, **({"final_stage": False} if a.no_final_stage else {})}
         arm.steps = a.coconut_steps or a.stage_steps * a.max_stage
-    for name in ("coconut", "codi"):
-        if a.thought_norm != "none":
+    if a.thought_norm != "none":
+        for name in ("coconut", "codi"):
             by_name[name].settings = {**by_name[name].settings, "thought_norm": a.thought_norm}
     for name in a.methods.split(","):
         c0, t0 = cpu_seconds(), time.time()

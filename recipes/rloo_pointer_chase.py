@@ -22,17 +22,9 @@ import resource
 import time
 from pathlib import Path
 
+from rloo_common import key_values, train
+
 MODEL = "scratch-gpt2:pointer_chase"
-
-
-def train(values: dict, out: Path) -> dict:
-    """`latentcot train` with these settings into `out` (resumes; a finished run is reused)."""
-    from latentcot.pipeline import resolve, train_run
-
-    summary = out / "train_summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
-    return train_run(resolve({**values, "out": str(out), "progress": False}))
 
 
 def eval_start(values: dict, run: Path, eval_limit: int) -> None:
@@ -74,22 +66,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     out, t0 = Path(a.out), time.time()
 
-    def pairs(items: list[str], flag: str, cast, keys=None) -> dict:
-        """KEY=VALUE items -> {key: cast(value)}; a malformed item or an unknown key is one line and exit 2."""
-        out = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or (keys is not None and key not in keys):
-                p.error(f"{flag} {item!r}: write KEY=VALUE" + (f" with KEY one of {', '.join(keys)}" if keys else ""))
-            try:
-                out[key] = cast(value)
-            except ValueError:
-                p.error(f"{flag} {item!r}: {value!r} is not a valid value")
-        return out
-
-    mode_lr = pairs(a.mode_lr, "--mode-lr", float, a.modes)
-    mode_steps = pairs(a.mode_steps, "--mode-steps", int, a.modes)
-    extra = pairs(a.set, "--set", str)
+    mode_lr = key_values(a.mode_lr, "--mode-lr", float, a.modes)
+    mode_steps = key_values(a.mode_steps, "--mode-steps", int, a.modes)
+    extra = key_values(a.set, "--set", str)
     task = {"task": "pointer_chase", "k": a.k, "num_train": 4000, "model": MODEL, "device": "cpu"}
     train({**task, "method": "cot_sft", "max_steps": a.sft_steps, "train_batch_size": 64, "lr": 1e-3,
            "run.seed": 0, "save_every": 0}, out / "sft")

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from rloo_common import key_values, train
+
 SETTING = Path(__file__).with_name("rloo_smollm2_word_arith.yaml")  # the task, the prompt, the CoT budget
 
 
@@ -45,16 +47,6 @@ def setting() -> dict:
     data = yaml.safe_load(SETTING.read_text())
     return {"model": data["run"]["model"], "task": data["run"]["task"], "system": data["method"]["system"],
             **{f"task.{k}": v for k, v in data["task"].items()}}
-
-
-def train(values: dict, out: Path) -> dict:
-    """`latentcot train` with these settings into `out` (resumes; a finished run is reused)."""
-    from latentcot.pipeline import resolve, train_run
-
-    summary = out / "train_summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
-    return train_run(resolve({**values, "out": str(out), "progress": True}))
 
 
 def mean(rows: list[dict], key: str) -> float:
@@ -83,23 +75,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     out, t0 = Path(a.out), time.time()
 
-    def per_mode(items: list[str], flag: str, cast) -> dict:
-        """MODE=VALUE items; a malformed item, an unknown mode or a bad value is one line and exit 2."""
-        out = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            try:
-                if not sep or key not in a.modes:
-                    raise ValueError
-                out[key] = cast(value)
-            except ValueError:
-                print(f"error: {flag} {item!r}: write MODE=VALUE with MODE one of {', '.join(a.modes)} and VALUE a "
-                      f"{cast.__name__}", file=sys.stderr)
-                sys.exit(2)
-        return out
-
-    mode_lr = per_mode(a.mode_lr, "--mode-lr", float)
-    mode_steps = per_mode(a.mode_steps, "--mode-steps", int)
+    mode_lr = key_values(a.mode_lr, "--mode-lr", float, a.modes)
+    mode_steps = key_values(a.mode_steps, "--mode-steps", int, a.modes)
     base = {**setting(), "device": "cpu", "method": "rloo", "max_cot_tokens": a.max_cot_tokens, "max_answer_tokens": 8,
             "max_new_tokens": 8, "rollout_temperature": a.temperature, "group_size": a.group_size,
             "prompts_per_step": a.prompts, "eval_every": 0, "log_every": 1, "save_every": 5,
@@ -110,7 +87,7 @@ def main() -> None:
     for mode in a.modes:
         run = out / f"rloo-{mode}-s{a.seed}"
         train({**base, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr),
-               "train.max_steps": mode_steps.get(mode, a.steps)}, run)
+               "train.max_steps": mode_steps.get(mode, a.steps)}, run, progress=True)
         runs[mode] = [run / "train_log.jsonl"]
         tr, _ = read_log(run / "train_log.jsonl")
         q = max(1, len(tr) // 4)

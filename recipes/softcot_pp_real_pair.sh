@@ -5,8 +5,8 @@
 # Defaults are a REDUCED CPU run (30 questions, 12 training steps of batch 2, 8 training thoughts, K = 3 chains);
 # no result of this script is in the README yet. Measured on the 2-core machine with Q=100 (one thread, other jobs
 # running): training 304 CPU s (softcot) and 875 CPU s (softcot_pp); the evaluations of 100 questions, estimated
-# from their first questions, take about
-# an hour (softcot) and two to three hours (softcot_pp, 3 chains) of one core. The full comparison is
+# from their first questions, take about an hour (softcot) and two to three hours (softcot_pp, 3 chains) of one
+# core. The full comparison is
 #   Q=100 STEPS=60 BATCH=4 NTRAIN=32 K=10 bash recipes/softcot_pp_real_pair.sh
 # (about 10x the reduced run's CPU time for training and 3x for SoftCoT++ evaluation on a 2-core machine).
 #

@@ -38,7 +38,14 @@ from latentcot.methods.sft import apply_lora
 from latentcot.methods.soft_tokens import MODES, SoftTokens, SoftTokensConfig
 from latentcot.models.backbone import Backbone
 from latentcot.models.soft import add_gaussian_noise, dense_mixture, entropy, noise_sigma, token_probs
-from latentcot.objectives.rloo import all_equal_share, kl_k3, policy_loss, rewards_from_scores, rloo_advantages
+from latentcot.objectives.rloo import (
+    REWARD_MATCHES,
+    all_equal_share,
+    kl_k3,
+    policy_loss,
+    rewards_from_scores,
+    rloo_advantages,
+)
 from latentcot.tasks.base import Example, Extracted, Task
 from latentcot.training.rollout import replay, rollout
 
@@ -106,8 +113,8 @@ class RLOOConfig(SoftTokensConfig):
             check(self.noise_scale > 0, "noise_scale", f"sigma must be > 0 in {self.rollout_mode} mode (the Gaussian "
                   f"density needs noise), got noise_scale={self.noise_scale}")
             check(self.soft_top_k == 0, "soft_top_k", "must be 0 for RL rollouts (the log-density is over the whole vocabulary)")
-        check(self.reward_match in ("strict", "flexible"), "reward_match",
-              f"must be strict or flexible, got {self.reward_match!r}")
+        check(self.reward_match in REWARD_MATCHES, "reward_match",
+              f"must be one of {', '.join(REWARD_MATCHES)}, got {self.reward_match!r}")
         for name in ("reward_correct", "reward_format", "reward_wrong", "kl_coef"):
             v = getattr(self, name)
             check(math.isfinite(v), name, f"must be a finite number, got {v}")

@@ -22,6 +22,8 @@ import torch
 
 from latentcot.models.soft import gaussian_log_density
 
+REWARD_MATCHES = ("strict", "flexible")  # which of the task scorer's extractions decides a reward
+
 
 def rewards_from_scores(
     scores: Sequence[dict], correct: float = 100.0, formatted: float = 10.0, wrong: float = 0.0, match: str = "strict"
@@ -29,8 +31,8 @@ def rewards_from_scores(
     """Rewards (N,) from `Task.score` dicts: `correct` when correct_{match}, `formatted` when an answer was extracted
     (pred_{match}) but is wrong, `wrong` otherwise. `match` is the task's strict ("The answer is N") or flexible
     (e.g. the last number) extraction. Raises ValueError on a non-finite reward or an unknown `match`."""
-    if match not in ("strict", "flexible"):
-        raise ValueError(f"match must be strict or flexible, got {match!r}")
+    if match not in REWARD_MATCHES:
+        raise ValueError(f"match must be one of {', '.join(REWARD_MATCHES)}, got {match!r}")
     out = []
     for s in scores:
         r = correct if s[f"correct_{match}"] else formatted if s[f"pred_{match}"] is not None else wrong

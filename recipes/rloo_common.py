@@ -1,0 +1,36 @@
+"""What the RLOO recipes share (`rloo_pointer_chase.py`, `rloo_smollm2.py`; run as scripts, which puts this folder
+on the import path): a training run that is resumed or reused, and the MODE=VALUE / KEY=VALUE options."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def train(values: dict, out: Path, progress: bool = False) -> dict:
+    """`latentcot train` with these settings into `out` (resumes; a finished run is reused)."""
+    from latentcot.pipeline import resolve, train_run
+
+    summary = out / "train_summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    return train_run(resolve({**values, "out": str(out), "progress": progress}))
+
+
+def key_values(items: list[str], flag: str, cast, keys: list[str] | None = None) -> dict:
+    """KEY=VALUE items -> {key: cast(value)}. A malformed item, a key not in `keys` (when given) or a value `cast`
+    refuses is one line on stderr and exit 2, before anything is written."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or (keys is not None and key not in keys):
+                raise ValueError
+            out[key] = cast(value)
+        except ValueError:
+            what = f"KEY one of {', '.join(keys)}" if keys is not None else "KEY a setting"
+            kind = {float: "a number", int: "an integer"}.get(cast, "a value")
+            print(f"error: {flag} {item!r}: write KEY=VALUE with {what} and VALUE {kind}", file=sys.stderr)
+            sys.exit(2)
+    return out
