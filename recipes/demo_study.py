@@ -15,6 +15,8 @@ seconds. Each setting gets its own directory under --out, so the runs are reused
     # thoughts rescaled to the embedding-row norm (coconut thought_norm=embedding): stages 1-2, then all 4 stages
     python recipes/demo_study.py --format pair --sft-steps 300 --thought-norm embedding --max-stage 2 --no-final-stage --coconut-steps 600
     python recipes/demo_study.py --format pair --sft-steps 300 --thought-norm embedding
+    # the official stage 0 first (the full CoT with the new <bot>/<eot> markers), then stages 1-3 of 250 steps
+    python recipes/demo_study.py --format pair --sft-steps 300 --thought-norm embedding --seed 1 --start-stage 0 --max-stage 3 --no-final-stage --stage-steps 250
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def main() -> None:
     p.add_argument("--plain", action="store_true", help="the demo's former optimizer: constant lr, AdamW defaults, "
                    "no warmup, one schedule over the whole curriculum")
     p.add_argument("--max-stage", type=int, default=4, help="curriculum stages (4 = one per hop)")
+    p.add_argument("--start-stage", type=int, default=1, help="first curriculum stage trained (0 = the full CoT with "
+                   "the <bot><eot> markers first, as the official stage 0)")
     p.add_argument("--no-final-stage", action="store_true", help="the last stage runs to the end of --coconut-steps")
     p.add_argument("--coconut-steps", type=int, help="coconut/pause steps in all (default stage steps x max stage)")
     p.add_argument("--thought-norm", default="none", choices=["none", "embedding"],
@@ -77,12 +81,14 @@ def main() -> None:
         DemoSettings(), tasks=("pointer_chase2",), lr=a.sft_lr, stage_lr=a.stage_lr, optim=optim,
         stage_schedule=not a.plain, sft_steps={"pointer_chase2": a.sft_steps},
         stage_steps={"pointer_chase2": a.stage_steps}, eval_questions=a.eval_questions, seed=a.seed,
-        task_settings={"pointer_chase2": {"step_format": a.format}},
-    )
+        task_settings={"pointer_chase2": {"step_format": a.format}}, start_stage=a.start_stage, thought_norm="none",
+    )  # thought_norm is set below for codi as well as coconut
     tag = (f"{a.format}-sft{a.sft_steps}@{a.sft_lr:g}-stage{a.stage_steps}@{a.stage_lr:g}"
            f"-{'plain' if a.plain else f'proto-w{a.warmup}'}-s{a.seed}")
+    if a.start_stage != 1:
+        tag += f"-from{a.start_stage}"
     if a.max_stage != 4 or a.no_final_stage or a.coconut_steps:
-        tag += f"-m{a.max_stage}{'-nofinal' if a.no_final_stage else ''}-c{a.coconut_steps or a.stage_steps * a.max_stage}"
+        tag += f"-m{a.max_stage}{'-nofinal' if a.no_final_stage else ''}-c{a.coconut_steps or a.stage_steps * (a.max_stage + 1 - a.start_stage)}"
     if a.thought_norm != "none":
         tag += f"-tn{a.thought_norm}"
     out = Path(a.out) / tag
@@ -90,7 +96,7 @@ def main() -> None:
     for name in ("coconut", "pause"):  # the curriculum arms: stages and total steps as asked
         arm = by_name[name]
         arm.settings = {**arm.settings, "max_stage": a.max_stage, **({"final_stage": False} if a.no_final_stage else {})}
-        arm.steps = a.coconut_steps or a.stage_steps * a.max_stage
+        arm.steps = a.coconut_steps or a.stage_steps * (a.max_stage + 1 - a.start_stage)
     if a.thought_norm != "none":
         for name in ("coconut", "codi"):
             by_name[name].settings = {**by_name[name].settings, "thought_norm": a.thought_norm}

@@ -55,6 +55,29 @@ def test_demo_arms_share_one_curriculum() -> None:
     assert s.model("pointer_chase2").endswith(",step_format=pair")
 
 
+def test_demo_stage0_and_fewer_stages_reach_both_curriculum_arms() -> None:
+    from latentcot.latent.curriculum import Curriculum
+    from latentcot.methods.coconut import CoconutConfig
+    from latentcot.methods.pause import Pause
+
+    s = dataclasses.replace(DemoSettings.full(), start_stage=0, max_stage=3, thought_norm="embedding",
+                            stage_steps={"pointer_chase2": 250})
+    by = {a.method: a for a in arms(s, "pointer_chase2")}
+    coconut, pause = by["coconut"], by["pause"]
+    assert coconut.settings == {**pause.settings, "thought_norm": "embedding"}
+    assert pause.settings["start_stage"] == 0 and pause.settings["max_stage"] == 3
+    assert pause.settings["final_stage"] is False  # the 4th step stays text after 3 thoughts
+    assert coconut.steps == pause.steps == 4 * 250  # stages 0, 1, 2, 3
+    cfg = CoconutConfig(**coconut.settings)
+    Pause.Config(**pause.settings)  # both configs take every setting the demo gives them
+    table = Curriculum.from_config(cfg).table(coconut.steps, ["a b", "b c", "c d", "d e"])
+    assert [(r["stage"], r["thoughts"], r["remaining"], r["first_step"]) for r in table] == [
+        (0, 0, ["a b", "b c", "c d", "d e"], 0), (1, 1, ["b c", "c d", "d e"], 250), (2, 2, ["c d", "d e"], 500),
+        (3, 3, ["d e"], 750)]
+    assert "final_stage" not in {a.method: a for a in arms(dataclasses.replace(s, max_stage=None), "pointer_chase2")}[
+        "pause"].settings
+
+
 def test_demo_smoke_end_to_end_and_reuse(tmp_path) -> None:
     every = ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking")
     s = DemoSettings(tasks=("pointer_chase2",), k=2, d=32, layers=1, batch=8, sft_steps={"pointer_chase2": 2},

@@ -55,6 +55,15 @@ class DemoSettings:
         optim: training settings given to every arm (TrainConfig fields): the prototype's AdamW weight decay 0.01,
             betas (0.9, 0.98), 30 warmup steps, then a cosine decay.
         stage_schedule: the curriculum arms restart warmup + cosine at every stage (their optimizer is reset there).
+        start_stage: first curriculum stage of coconut and pause: 1 (from the cot_sft model, as the paper's GSM8K
+            run) or 0 (a stage of the full CoT with the `<bot>`/`<eot>` markers, new to the cot_sft model, before
+            any thought, as the official stage 0). In the demo study, 0 together with thought_norm=embedding let
+            stages 1-3 learn on one seed but not on the other, so the default stays 1.
+        max_stage: last curriculum stage of coconut and pause (None = k: every step a thought). Below k, the
+            steps after it stay text (no final stage) and evaluation thinks max_stage thoughts.
+        thought_norm: coconut's `thought_norm`: "none" as the paper, or "embedding" (each thought fed back at the
+            mean norm of the token-embedding rows; in these from-scratch models the last hidden state is ~19x
+            longer).
         methods: the arms compared on each task.
         sft_steps: optimizer steps of no_cot_sft and cot_sft, per task. With `cur nxt` steps and the settings above
             CoT-SFT's loss is below 0.01 by step 100 and it answers 100% of the test questions after 300 steps.
@@ -84,6 +93,9 @@ class DemoSettings:
     stage_lr: float | None = 1e-3
     optim: dict[str, Any] = field(default_factory=lambda: dict(PROTOTYPE_OPTIM))
     stage_schedule: bool = True
+    start_stage: int = 1
+    max_stage: int | None = None
+    thought_norm: str = "none"
     methods: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
         "pointer_chase": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
         "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
@@ -130,13 +142,17 @@ def arms(s: DemoSettings, task: str) -> list[Arm]:
     _register_all()
     stage = s.stage_steps.get(task, max(s.stage_steps.values()))
     sft = s.sft_steps.get(task, max(s.sft_steps.values()))
-    curriculum = {"max_stage": s.k, "start_stage": 1, "thoughts_per_step": 1, "stage_steps": stage,
-                  **({"stage_schedule": True} if s.stage_schedule else {})}
+    last = s.max_stage or s.k
+    curriculum = {"max_stage": last, "start_stage": s.start_stage, "thoughts_per_step": 1, "stage_steps": stage,
+                  **({"stage_schedule": True} if s.stage_schedule else {}),
+                  **({"final_stage": False} if last < s.k else {})}  # the steps after max_stage stay text
+    stages = last + 1 - s.start_stage
     out = [
         Arm("no_cot_sft", {}, sft),
         Arm("cot_sft", {}, sft),
-        Arm("coconut", curriculum, stage * s.k, "cot_sft", s.stage_lr),
-        Arm("pause", curriculum, stage * s.k, "cot_sft", s.stage_lr),
+        Arm("coconut", {**curriculum, **({"thought_norm": s.thought_norm} if s.thought_norm != "none" else {})},
+            stage * stages, "cot_sft", s.stage_lr),
+        Arm("pause", curriculum, stage * stages, "cot_sft", s.stage_lr),
         Arm("codi", {"num_thoughts": s.k}, s.codi_steps.get(task, max(s.codi_steps.values())), "cot_sft", s.codi_lr),
     ]
     if "soft_thinking" in METHODS:
