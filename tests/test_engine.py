@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentcot.decoding.engine import Engine
+from latentcot.decoding import engine as engine_mod
+from latentcot.decoding import rows as rows_mod
+from latentcot.decoding.engine import PREFILL_WASTE, Engine, prefill_groups
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
 from latentcot.errors import ConfigError, ModelError
 from latentcot.models.backbone import Backbone
@@ -68,6 +70,72 @@ def test_left_padded_batch_equals_each_row_alone(tiny):
     for i, r in enumerate(rows):
         alone = eng.generate(eng.prefill(splice([[tokens(r)]], tiny.embed, 0)), cfg)[0]
         assert batch[i].token_ids == alone.token_ids
+
+
+def test_prefill_groups_bound_the_padding():
+    assert prefill_groups([7, 7, 7]) == [[0, 1, 2]]  # equal lengths: one forward, as before
+    lengths = [118, 85, 169, 90, 160, 120, 101, 150]
+    groups = prefill_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert len(groups) > 1
+    for g in groups:
+        width, real = max(lengths[i] for i in g), sum(lengths[i] for i in g)
+        assert len(g) * width <= (1 + PREFILL_WASTE) * real
+        assert [lengths[i] for i in g] == sorted(lengths[i] for i in g)
+
+
+def test_split_prefill_is_each_groups_own_forward(tiny):
+    """Rows of very different lengths prefill in separate groups: each row's logits, cache and hidden state are
+    exactly those of its group fed alone, merged back in row order; the one padded forward differs by rounding."""
+    eng = Engine(tiny)
+    rows = _ids(tiny, ["Hi", "A longer question about apples, pears and plums. How many fruits? " * 3, "Why?"])
+    batch = splice([[tokens(r)] for r in rows], tiny.embed, 0)
+    assert len(prefill_groups([len(r) for r in rows])) > 1
+    state = eng.prefill(batch, want_hidden=True)
+    one = Engine(tiny)
+    one._split = False
+    padded = one.prefill(batch, want_hidden=True)
+    assert torch.equal(state.attention_mask, padded.attention_mask)
+    assert torch.equal(state.next_position, padded.next_position) and state.lengths == padded.lengths
+    torch.testing.assert_close(state.logits, padded.logits, atol=1e-4, rtol=1e-4)
+    for group in prefill_groups([len(r) for r in rows]):
+        alone = eng.prefill(splice([[tokens(rows[b])] for b in group], tiny.embed, 0), want_hidden=True)
+        for j, b in enumerate(group):
+            assert torch.equal(state.logits[b], alone.logits[j]) and torch.equal(state.hidden[b], alone.hidden[j])
+            n = len(rows[b])
+            for mine, theirs in zip(state.cache.layers, alone.cache.layers):
+                assert torch.equal(mine.keys[b, :, -n:], theirs.keys[j, :, -n:])
+                assert torch.equal(mine.values[b, :, -n:], theirs.values[j, :, -n:])
+
+
+def test_slack_cache_equals_concatenation_through_row_surgery(tiny, monkeypatch):
+    """Decode steps into the spare positions of a SlackLayer give bitwise the keys, values and logits that
+    concatenation gives, also across dropped and appended rows, and the buffer is not copied at every step."""
+    rows = _ids(tiny)
+    extra = _ids(tiny, ["Three apples and four pears?"])
+    runs = {}
+    for slack in (True, False):
+        eng = Engine(tiny)
+        eng._split = False
+        monkeypatch.setattr(engine_mod, "use_slack", rows_mod.use_slack if slack else (lambda cache: cache))
+        state = eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, 0))
+        logits, moved = [], 0
+        for k in range(rows_mod.SLACK + 6):
+            if k == 3:
+                state = rows_mod.select_rows(state, [0, 2])
+            if k == 5:
+                state = rows_mod.append_rows(state, eng.prefill(splice([[tokens(r)] for r in extra], tiny.embed, 0)))
+            before = state.cache.layers[0].keys.data_ptr() if k > 6 else None
+            state = eng.step_tokens(state, state.logits.argmax(-1))
+            moved += before is not None and state.cache.layers[0].keys.data_ptr() != before
+            logits.append(state.logits)
+        runs[slack] = (logits, [(layer.keys, layer.values) for layer in state.cache.layers], moved)
+        if slack:
+            assert all(type(layer) is rows_mod.SlackLayer for layer in state.cache.layers)
+    (la, kva, moved), (lb, kvb, _) = runs[True], runs[False]
+    assert all(torch.equal(a, b) for a, b in zip(la, lb))
+    assert all(torch.equal(ka, kb) and torch.equal(va, vb) for (ka, va), (kb, vb) in zip(kva, kvb))
+    assert moved <= 1  # at most one re-buffering in SLACK - 1 steps with no row surgery
 
 
 def test_greedy_equals_hf_generate(tiny):

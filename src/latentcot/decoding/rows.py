@@ -19,11 +19,51 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 def supports_rows(cache: object) -> bool:
-    """True when every layer of `cache` is a plain DynamicLayer holding (B, H, T, D) keys and values."""
+    """True when every layer of `cache` is a plain DynamicLayer (or a SlackLayer) holding (B, H, T, D) keys and values."""
     layers = getattr(cache, "layers", None)
     if not isinstance(cache, DynamicCache) or not layers:
         return False
-    return all(type(layer) is DynamicLayer and _initialized(layer) for layer in layers)
+    return all(type(layer) in (DynamicLayer, SlackLayer) and _initialized(layer) for layer in layers)
+
+
+SLACK = 32  # spare positions a SlackLayer reserves past its keys
+
+
+class SlackLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values are views into buffers with `SLACK` spare positions.
+
+    A plain DynamicLayer grows by concatenation, which copies the whole cache at every decode step (smollm2, 32
+    rows: 60 copies of 6 MB per step). This layer writes the step's keys and values into the spare positions and
+    returns views of the filled part, so a copy happens once every `SLACK` steps. The values are the same tensors
+    a DynamicLayer would hold. Row surgery (`select_rows`, `concat_states`) assigns new `keys` / `values`; the next
+    update sees that they are no longer views of the buffers and re-buffers them. Decoding only (no autograd:
+    the buffers are written in place).
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys, values = self.keys, self.values
+        b, h, t, d = keys.shape
+        n = key_states.shape[-2]
+        buf = self.__dict__.get("_slack")
+        if buf is None or keys.data_ptr() != buf[0].data_ptr() or keys.stride() != buf[0].stride() or t + n > buf[0].shape[2]:
+            kb = keys.new_empty(b, h, t + n + SLACK, d)
+            vb = values.new_empty(b, values.shape[1], t + n + SLACK, values.shape[3])
+            kb[:, :, :t] = keys
+            vb[:, :, :t] = values
+            buf = self._slack = (kb, vb)
+        kb, vb = buf
+        kb[:, :, t : t + n] = key_states
+        vb[:, :, t : t + n] = value_states
+        self.keys, self.values = kb[:, :, : t + n], vb[:, :, : t + n]
+        return self.keys, self.values
+
+
+def use_slack(cache: object) -> object:
+    """`cache` with its plain DynamicLayers turned into SlackLayers (in place; other caches are left as they are)."""
+    if supports_rows(cache):
+        for layer in cache.layers:
+            layer.__class__ = SlackLayer  # same attributes, a different `update`
+    return cache
 
 
 def _initialized(layer: DynamicLayer) -> bool:
@@ -61,21 +101,24 @@ def _left_pad(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     return F.pad(t, pad)
 
 
+def concat_states(states: Sequence):
+    """One state holding the rows of `states` in order (each right-aligned; the result left-padded to the widest)."""
+    t = max(s.attention_mask.shape[1] for s in states)
+    pad = [t - s.attention_mask.shape[1] for s in states]
+    first = states[0]
+    for layers in zip(*(_kv(s.cache) for s in states)):
+        keys = torch.cat([_left_pad(layer.keys, p, 2) for layer, p in zip(layers, pad)], dim=0)  # (B, H, T, D)
+        values = torch.cat([_left_pad(layer.values, p, 2) for layer, p in zip(layers, pad)], dim=0)
+        layers[0].keys, layers[0].values = keys, values
+    first.attention_mask = torch.cat([_left_pad(s.attention_mask, p, 1) for s, p in zip(states, pad)])
+    for name in ("next_position", "logits", "prefill_tokens", "steps"):
+        setattr(first, name, torch.cat([getattr(s, name) for s in states]))
+    hidden = [s.hidden for s in states]
+    first.hidden = None if any(h is None for h in hidden) else torch.cat(hidden)
+    first.lengths = [n for s in states for n in s.lengths]
+    return first
+
+
 def append_rows(state, new):
     """`state` with the rows of `new` appended after its own (in place on `state`); both right-aligned."""
-    ta, tb = state.attention_mask.shape[1], new.attention_mask.shape[1]
-    t = max(ta, tb)
-    for la, lb in zip(_kv(state.cache), _kv(new.cache)):
-        la.keys = torch.cat([_left_pad(la.keys, t - ta, 2), _left_pad(lb.keys, t - tb, 2)], dim=0)  # (B+n, H, T, D)
-        la.values = torch.cat([_left_pad(la.values, t - ta, 2), _left_pad(lb.values, t - tb, 2)], dim=0)
-    state.attention_mask = torch.cat([_left_pad(state.attention_mask, t - ta, 1), _left_pad(new.attention_mask, t - tb, 1)])
-    state.next_position = torch.cat([state.next_position, new.next_position])
-    state.logits = torch.cat([state.logits, new.logits])
-    if state.hidden is not None and new.hidden is not None:
-        state.hidden = torch.cat([state.hidden, new.hidden])
-    else:
-        state.hidden = None
-    state.prefill_tokens = torch.cat([state.prefill_tokens, new.prefill_tokens])
-    state.steps = torch.cat([state.steps, new.steps])
-    state.lengths = state.lengths + new.lengths
-    return state
+    return concat_states([state, new])
