@@ -107,6 +107,7 @@ class Engine:
 
     def __init__(self, backbone: Backbone) -> None:
         self.bb = backbone
+        self._split = True  # prefill in length groups on CPU (`prefill`); False: one padded forward
 
     # --- low-level steps ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -121,11 +122,9 @@ class Engine:
         in front of a row changes the attention kernel's block sums, ~1e-5 in logits). One group (rows of similar
         length, any other device, or a cache that cannot be merged) is the single forward it always was.
         """
-        mask = batch.attention_mask
-        lengths = mask.sum(-1)  # (B,)
-        host = lengths.tolist()
+        host = batch.attention_mask.sum(-1).tolist()  # real positions per row
         self.bb.check_length(max(host))
-        groups = prefill_groups(host) if mask.device.type == "cpu" and self.__dict__.get("_split", True) else []
+        groups = prefill_groups(host) if batch.attention_mask.device.type == "cpu" and self._split else []
         if len(groups) > 1:
             parts = [self._prefill_rows(batch, idx, [host[i] for i in idx], want_hidden) for idx in groups]
             if all(supports_rows(p.cache) for p in parts):
@@ -134,25 +133,17 @@ class Engine:
                 return select_rows(concat_states(parts), back)
             self._split = False  # e.g. sliding-window layers: one padded forward from now on
             log.info("this model's KV cache cannot merge rows: prefilling in one padded batch")
-        out = self._forward(batch.inputs_embeds, mask, batch.position_ids, None, want_hidden)
-        return DecodeState(
-            cache=output_cache(out),
-            attention_mask=mask,
-            next_position=batch.position_ids[:, -1] + 1,
-            logits=out.logits[:, -1].float(),
-            hidden=out.hidden_states[-1][:, -1] if want_hidden else None,
-            prefill_tokens=lengths,
-            steps=torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device),
-            lengths=host,
-        )
+        return self._prefill_rows(batch, None, host, want_hidden)
 
-    def _prefill_rows(self, batch: Spliced, idx: list[int], host: list[int], want_hidden: bool) -> DecodeState:
-        """Prefill of rows `idx` alone, cut to their own width (their lengths are `host`)."""
-        rows = torch.tensor(idx, device=batch.attention_mask.device)
+    def _prefill_rows(self, batch: Spliced, idx: list[int] | None, host: list[int], want_hidden: bool) -> DecodeState:
+        """One forward over rows `idx` (None: every row) cut to their own width; `host` are their lengths."""
         width = max(host)
-        mask = batch.attention_mask.index_select(0, rows)[:, -width:]
-        pos = batch.position_ids.index_select(0, rows)[:, -width:]
-        out = self._forward(batch.inputs_embeds.index_select(0, rows)[:, -width:], mask, pos, None, want_hidden)
+        embeds, mask, pos = batch.inputs_embeds, batch.attention_mask, batch.position_ids
+        if idx is not None:
+            rows = torch.tensor(idx, device=mask.device)
+            embeds, mask, pos = (t.index_select(0, rows) for t in (embeds, mask, pos))
+        embeds, mask, pos = embeds[:, -width:], mask[:, -width:], pos[:, -width:]
+        out = self._forward(embeds, mask, pos, None, want_hidden)
         return DecodeState(
             cache=output_cache(out),
             attention_mask=mask,
@@ -160,7 +151,7 @@ class Engine:
             logits=out.logits[:, -1].float(),
             hidden=out.hidden_states[-1][:, -1] if want_hidden else None,
             prefill_tokens=mask.sum(-1),
-            steps=torch.zeros(len(idx), dtype=torch.long, device=mask.device),
+            steps=torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device),
             lengths=list(host),
         )
 
