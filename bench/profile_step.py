@@ -11,6 +11,7 @@ The engine-speed work's profile, as a command (README "Where the time goes"):
 
     python bench/profile_step.py                        # smollm2-135m-instruct, 1 thread
     python bench/profile_step.py --plain-cache          # the same with the cache grown by torch.cat
+    python bench/profile_step.py --no-prepack           # the same with plain F.linear (no oneDNN-packed weights)
 """
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="time per prefill-rate probe")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plain-cache", action="store_true", help="grow the KV cache by concatenation (no SlackLayer)")
+    ap.add_argument("--no-prepack", action="store_true", help="plain F.linear in decode steps (run.cpu_prepack=false)")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.plain_cache:
         engine_mod.use_slack = lambda cache: cache
     bb = Backbone(*load_model(args.model), args.model)
+    bb.cpu_prepack = not args.no_prepack
     task = get_task("gsm8k")
     exs = task.load("test")[: args.questions]
     method = build_method("cot", {}, bb)
@@ -80,7 +83,9 @@ def main() -> None:
             for _ in range(args.steps):
                 state = eng.step_tokens(state, state.logits.argmax(-1))
     cache = "concatenated (--plain-cache)" if args.plain_cache else "SlackLayer"
-    print(f"decode steps at batch {len(exs)}, context ~{state.attention_mask.shape[1]}, KV cache {cache}:")
+    linear = "plain F.linear (--no-prepack)" if args.no_prepack else "oneDNN-packed weights"
+    print(f"decode steps at batch {len(exs)}, context ~{state.attention_mask.shape[1]}, KV cache {cache}, "
+          f"linear layers {linear}:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     print(verdict(watch))
 

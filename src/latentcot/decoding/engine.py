@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from latentcot.decoding import prepack
 from latentcot.decoding.rows import append_rows, concat_states, select_rows, supports_rows, use_slack
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens
 from latentcot.decoding.stopping import StopMatcher
@@ -108,6 +109,7 @@ class Engine:
     def __init__(self, backbone: Backbone) -> None:
         self.bb = backbone
         self._split = True  # prefill in length groups on CPU (`prefill`); False: one padded forward
+        self._packed_model: object | None = None  # the model whose large linear layers `prepack.prepare` converted
 
     # --- low-level steps ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -123,6 +125,9 @@ class Engine:
         length, any other device, or a cache that cannot be merged) is the single forward it always was.
         """
         host = batch.attention_mask.sum(-1).tolist()  # real positions per row
+        if self._packing(batch.attention_mask) and self._packed_model is not self.bb.model:
+            prepack.prepare(self.bb.model)
+            self._packed_model = self.bb.model
         self.bb.check_length(max(host))
         groups = prefill_groups(host) if batch.attention_mask.device.type == "cpu" and self._split else []
         if len(groups) > 1:
@@ -181,8 +186,14 @@ class Engine:
         """Token step(s): ids (B,) or (B, n)."""
         return self.step(state, self.bb.embed(ids), want_hidden)
 
+    def _packing(self, t: torch.Tensor) -> bool:
+        """Whether model calls on `t`'s device use oneDNN-packed linear layers (`decoding.prepack`)."""
+        return self.bb.cpu_prepack and t.device.type == "cpu" and prepack.available()
+
     def _forward(self, embeds, mask, positions, cache, want_hidden):
-        return self.bb.forward(embeds, mask, positions, cache, use_cache=True, want_hidden=want_hidden, logits_to_keep=1)
+        with prepack.prepacked(self._packing(embeds)):
+            return self.bb.forward(embeds, mask, positions, cache, use_cache=True, want_hidden=want_hidden,
+                                   logits_to_keep=1)
 
     # --- the generation protocol (latentcot.decoding.backend.GenerationBackend) ---------------------------------
     @torch.no_grad()

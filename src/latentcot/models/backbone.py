@@ -36,6 +36,7 @@ class Backbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        self.cpu_prepack = True  # the decode engine's CPU calls use oneDNN-packed linear layers (`decoding.prepack`)
 
     # --- shapes and limits -------------------------------------------------------------------------------------
     @property

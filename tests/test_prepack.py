@@ -1,0 +1,100 @@
+"""oneDNN-packed linear layers in CPU decoding (`latentcot.decoding.prepack`): the same products as `F.linear` up
+to summation order, only where asked (the engine's no-grad CPU calls), following in-place weight updates, and
+greedy decoding through them equal to HF `generate()`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentcot.decoding import prepack
+from latentcot.decoding.engine import Engine
+from latentcot.decoding.prepack import PackedLinear, prepacked, prepare, unpack
+from latentcot.decoding.sampling import GenerationConfig
+from latentcot.models.splice import splice, tokens
+
+pytestmark = pytest.mark.skipif(not prepack.available(), reason="this torch build has no oneDNN packed linear")
+
+PROMPTS = ["What is 2+3?", "A longer question about apples, pears and plums. How many fruits?", "Hi"]
+
+
+def test_packed_linear_equals_linear_inside_and_is_linear_outside():
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 80)
+    x = torch.randn(3, 5, 96)
+    ref = F.linear(x, lin.weight, lin.bias)
+    keys = list(lin.state_dict())
+    assert prepare(lin, min_size=0) == 1 and type(lin) is PackedLinear
+    assert list(lin.state_dict()) == keys  # same parameters, nothing packed is saved
+    with torch.no_grad():
+        assert torch.equal(lin(x), ref)  # outside the context: plain F.linear
+        with prepacked():
+            y = lin(x)
+            assert "_packed" in lin.__dict__
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    with prepacked():  # gradients on: the plain product, with its graph
+        z = lin(x)
+    assert torch.equal(z, ref) and z.requires_grad
+    with torch.no_grad(), prepacked(False):
+        assert torch.equal(lin(x), ref)
+    unpack(lin)
+    assert type(lin) is nn.Linear and "_packed" not in lin.__dict__
+
+
+def test_small_layers_stay_plain():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(1024, 512))
+    assert prepare(model) == 1
+    assert type(model[0]) is nn.Linear and type(model[1]) is PackedLinear
+
+
+def test_packed_copy_follows_in_place_weight_updates():
+    torch.manual_seed(1)
+    lin = nn.Linear(64, 48, bias=False)
+    prepare(lin, min_size=0)
+    x = torch.randn(4, 64)
+    with torch.no_grad(), prepacked():
+        before = lin(x)
+        lin.weight.mul_(-2.0)  # what an optimizer step does: same storage, a new version
+        doubled = lin(x)
+        lin.load_state_dict({"weight": torch.randn(48, 64)})  # copied into the same storage
+        loaded = lin(x)
+    with torch.no_grad():
+        torch.testing.assert_close(doubled, -2.0 * before, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded, F.linear(x, lin.weight), atol=1e-5, rtol=1e-5)
+
+
+def test_engine_decodes_through_packed_layers_as_hf_generate(tiny, monkeypatch):
+    """With every linear layer packed (threshold 0), the engine's greedy tokens equal HF generate() and its
+    logits equal the unpacked engine's up to summation order; cpu_prepack=False leaves the model unconverted."""
+    monkeypatch.setattr(prepack, "PACK_MIN", 0)
+    rows = [tiny.encode(tiny.chat_prompt(t)) for t in PROMPTS]
+    batch = splice([[tokens(r)] for r in rows], tiny.embed, tiny.tokenizer.pad_token_id)
+    tiny.cpu_prepack = False
+    plain = Engine(tiny).prefill(batch)
+    assert not any(type(m) is PackedLinear for m in tiny.model.modules())
+    tiny.cpu_prepack = True
+    eng = Engine(tiny)
+    state = eng.prefill(batch)
+    assert any(type(m) is PackedLinear for m in tiny.model.modules())
+    torch.testing.assert_close(state.logits, plain.logits, atol=1e-4, rtol=1e-4)
+    ours = eng.generate(state, GenerationConfig(max_new_tokens=16))
+    assert any("_packed" in m.__dict__ for m in tiny.model.modules())  # the packed path ran
+    enc = tiny.tokenizer([tiny.chat_prompt(t) for t in PROMPTS], return_tensors="pt", padding=True,
+                         add_special_tokens=False, return_token_type_ids=False)
+    ref = tiny.model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tiny.tokenizer.pad_token_id,
+                              eos_token_id=tiny.eos_ids)
+    for b, o in enumerate(ours):
+        theirs = [t for t in ref[b, enc["input_ids"].shape[1]:].tolist()
+                  if t not in tiny.eos_ids and t != tiny.tokenizer.pad_token_id]
+        assert o.token_ids == theirs
+
+
+def test_run_setting_reaches_the_backbone():
+    from latentcot.pipeline import load_backbone, resolve
+
+    res = resolve({"model": "tiny-llama", "cpu_prepack": "false"})
+    assert res.run.cpu_prepack is False
+    assert load_backbone("tiny-llama", res.run).cpu_prepack is False
+    assert load_backbone("tiny-llama", resolve({"model": "tiny-llama"}).run).cpu_prepack is True
