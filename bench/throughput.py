@@ -5,6 +5,8 @@ questions (as `latentcot eval --method cot`), greedy, EOS on, so rows end at ver
 
 - engine static: `latentcot eval` with refill=false: batches of --batch questions; finished rows leave the batch;
 - engine refill: continuous batching: a finished row's slot takes the next question at once (the default);
+- engine static, cpu_prepack=false (with --plain-linear): engine static with plain `F.linear` instead of the
+  default oneDNN-packed weights (`latentcot.decoding.prepack`);
 - HF generate(): the same left-padded batches through `model.generate` (finished rows compute until the batch ends);
 - vLLM: `LLM.generate` on the same token ids (vLLM does its own continuous batching), when vLLM is importable in
   this interpreter or in --vllm-python's; --vllm on makes it required, --vllm off skips it.
@@ -77,7 +79,9 @@ def vllm_python(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run_engine(method, task, exs, gen, batch: int, refill: bool) -> tuple[float, list[list[int]]]:
+def run_engine(method, task, exs, gen, batch: int, refill: bool, packed: bool = True) -> tuple[float, list[list[int]]]:
+    """`packed`: the engine's default oneDNN-packed linear layers on CPU (False: run.cpu_prepack=false)."""
+    method.backbone.cpu_prepack = packed
     outs: list = [None] * len(exs)
     rand = lambda idx: RowRandom([row_seed(0, exs[i].id, 0) for i in idx])  # noqa: E731
     t0 = time.perf_counter()
@@ -146,6 +150,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vllm", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--vllm-python", help="an interpreter that has vllm (e.g. /work/venvs/vllm/bin/python)")
+    ap.add_argument("--plain-linear", action="store_true",
+                    help="add an engine static arm with plain F.linear (run.cpu_prepack=false) beside the packed default")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     python = vllm_python(args) if args.vllm != "off" else None
@@ -175,6 +181,8 @@ def main() -> None:
             "engine refill": lambda b=batch: run_engine(method, task, exs, gen, b, True),
             "HF generate()": lambda b=batch: run_hf(bb, prompts, gen, b),
         }
+        if args.plain_linear:
+            arms["engine static, cpu_prepack=false"] = lambda b=batch: run_engine(method, task, exs, gen, b, False, False)
         if python is not None:
             arms["vLLM"] = lambda b=batch: run_vllm(python, bb, prompts, gen, b, args.threads)
         got = {}

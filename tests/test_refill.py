@@ -133,11 +133,19 @@ def test_refill_with_a_method_that_cannot_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_eval_refills_by_default_and_records_the_same(tmp_path):
+def test_eval_refill_records_the_same_and_is_off_by_default_on_cpu(tmp_path, monkeypatch):
+    import latentcot.eval.runner as runner
+
+    used = []
+    real = runner._refill
+    monkeypatch.setattr(runner, "_refill", lambda *a, **k: (used.append(True), real(*a, **k))[1])
     base = ["eval", "--method", "cot", "--model", "tiny-llama", "--task", "pointer_chase", "--limit", "5", "batch_size=2",
             "max_new_tokens=6", "progress=false"]
-    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "a"), "refill=true"]) == 0
+    assert used == [True]
     assert main([*base, "--out", str(tmp_path / "b"), "refill=false"]) == 0
-    a, b = (_records(tmp_path / d / "samples.jsonl") for d in "ab")
-    assert a == b and len(a) == 5
+    assert main([*base, "--out", str(tmp_path / "c")]) == 0  # CPU default: static batches
+    assert used == [True]
+    a, b, c = (_records(tmp_path / d / "samples.jsonl") for d in "abc")
+    assert a == b == c and len(a) == 5
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["method"] == "cot"

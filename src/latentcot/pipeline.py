@@ -54,7 +54,9 @@ class RunConfig:
     shard: run only this shard (e.g. a SLURM array task); default: the launcher's rank, or every shard in turn.
     backend: "engine" (built in) or "vllm" (plain-prompt methods only; `pip install 'latentcot[vllm]'`).
     refill: continuous batching in `eval`: a finished row's slot takes the next question at once (outputs are the
-        same as with static batches). Default (unset): on for methods that can refill, off for the others;
+        same as with static batches). Default (unset): on a GPU, on for methods that can refill; on CPU off, since
+        there a step costs about in proportion to its rows (a full batch saves no time) and a refilled row is
+        padded to the oldest row's width (more attention): static batches were faster in `bench/throughput.py`.
         true with a method that cannot refill is an error.
     cpu_prepack: on CPU, the decode engine multiplies with oneDNN-packed copies of the model's large linear
         weights (faster; values differ from plain `F.linear` in the last bits, ~1e-5 in logits; costs one more copy
@@ -363,7 +365,7 @@ def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None 
         method, task = build(res)
     from latentcot.eval.runner import can_refill
 
-    refill = can_refill(method) if res.run.refill is None else res.run.refill
+    refill = (can_refill(method) and method.backbone.device.type != "cpu") if res.run.refill is None else res.run.refill
     if refill and not can_refill(method):
         raise ConfigError(f"refill: method {res.run.method!r} decodes through another backend here; set refill=false")
     examples = select_examples(task, res.run.split, res.run.offset, res.run.limit)

@@ -6,7 +6,7 @@ blocked layout, once, and then multiply B-row inputs against it faster (README "
 `python bench/profile_step.py` and `--no-prepack`). vLLM's CPU backend also multiplies its unquantized linear
 layers with oneDNN-prepacked weights.
 
-`prepacked(backbone)` is a context the engine holds around its model calls (`Engine._forward`): inside it, every
+`prepacked()` is a context the engine holds around its model calls (`Engine._forward`): inside it, every
 large enough `nn.Linear` of the model (weight >= `PACK_MIN` entries; small layers gain nothing) multiplies with a
 packed copy of its weight when the call is on CPU, in float32 and without gradients. Everything else (training,
 gradients, GPUs, other dtypes, calls outside the engine) runs the plain `F.linear`, bitwise as before.
