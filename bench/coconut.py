@@ -30,22 +30,34 @@ from latentcot.training.checkpoint import load_weights
 
 @torch.no_grad()
 def cacheless_generate(method, ex, task, n: int, max_new_tokens: int) -> list[int]:
-    """One question, no KV cache: every latent and token step re-runs the model over the whole sequence."""
+    """One question, no KV cache: every latent and token step re-runs the model over the whole sequence.
+
+    Position ids are explicit: consecutive, except that each thought advances them by the method's
+    `thought_stride` when it has one (1, the paper's, gives the model's own default positions)."""
     bb = method.backbone
+    stride = int(getattr(method.cfg, "thought_stride", 1))
     ids = torch.tensor(method.prompt_ids(ex, task) + [method.bot_id])
     seq = bb.embed(ids)  # (T, d)
+    pos = list(range(len(ids)))
+
+    def run(**kw):
+        return bb.model(inputs_embeds=seq[None], position_ids=torch.tensor([pos]), **kw)
+
     for _ in range(n):
-        h = bb.model(inputs_embeds=seq[None], output_hidden_states=True).hidden_states[-1][0, -1]  # (d,)
+        h = run(output_hidden_states=True).hidden_states[-1][0, -1]  # (d,)
         seq = torch.cat([seq, h[None]], dim=0)  # (T+1, d)
+        pos.append(pos[-1] + stride)
     seq = torch.cat([seq, bb.embed(torch.tensor([method.eot_id]))], dim=0)
+    pos.append(pos[-1] + 1)
     out: list[int] = []
     eos = set(bb.eos_ids)
     for _ in range(max_new_tokens):
-        t = int(bb.model(inputs_embeds=seq[None]).logits[0, -1].argmax())
+        t = int(run().logits[0, -1].argmax())
         if t in eos:
             break
         out.append(t)
         seq = torch.cat([seq, bb.embed(torch.tensor([t]))], dim=0)
+        pos.append(pos[-1] + 1)
     return out
 
 
