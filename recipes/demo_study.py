@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--coconut-steps", type=int, help="coconut/pause steps in all (default stage steps x max stage)")
     p.add_argument("--thought-norm", default="none", choices=["none", "embedding"],
                    help="coconut's and codi's thought_norm (embedding: thoughts rescaled to the embedding-row norm)")
+    p.add_argument("--thought-stride", type=int, default=1, help="coconut's thought_stride (position ids per "
+                   "thought; 2: thought j on the position of step j's first token; not in the paper)")
     p.add_argument("--methods", default="cot_sft,coconut", help="arms to run, in order (cot_sft first)")
     p.add_argument("--eval-questions", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -91,6 +93,8 @@ def main() -> None:
         tag += f"-m{a.max_stage}{'-nofinal' if a.no_final_stage else ''}-c{a.coconut_steps or a.stage_steps * (a.max_stage + 1 - a.start_stage)}"
     if a.thought_norm != "none":
         tag += f"-tn{a.thought_norm}"
+    if a.thought_stride != 1:
+        tag += f"-ts{a.thought_stride}"
     out = Path(a.out) / tag
     by_name = {arm.method: arm for arm in arms(s, "pointer_chase2")}
     for name in ("coconut", "pause"):  # the curriculum arms: stages and total steps as asked
@@ -100,6 +104,8 @@ def main() -> None:
     if a.thought_norm != "none":
         for name in ("coconut", "codi"):
             by_name[name].settings = {**by_name[name].settings, "thought_norm": a.thought_norm}
+    if a.thought_stride != 1:
+        by_name["coconut"].settings = {**by_name["coconut"].settings, "thought_stride": a.thought_stride}
     for name in a.methods.split(","):
         c0, t0 = cpu_seconds(), time.time()
         row = run_arm(s, "pointer_chase2", by_name[name], out, progress=False)

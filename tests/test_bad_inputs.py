@@ -78,6 +78,8 @@ CASES = [
     (["eval", "--method", "cot", *RUN, "max_new_tokns=4"], "unknown config key"),
     (["eval", "--method", "cot", *RUN, "oops"], "expected key=value"),
     (["eval", "--method", "cot", *RUN, "device=tpu"], "device"),
+    (["eval", "--method", "coconut", *RUN, "thought_stride=0"], "thought_stride"),
+    (["eval", "--method", "coconut", *RUN, "thought_stride=two"], "thought_stride"),
     (["eval", "--method", "cot", *RUN, "dtype=float8"], "dtype"),
     (["train", "--method", "cot_sft", *RUN, "max_steps=-5"], "max_steps: must be >= 0"),
     (["train", "--method", "cot_sft", *RUN, "save_every=-3"], "save_every: must be >= 0"),

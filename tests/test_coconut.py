@@ -291,3 +291,61 @@ def test_smoke_settings_run_on_a_real_benchmark_shape() -> None:
     out = m.loss(ex, Plain())
     assert torch.isfinite(out.loss)
     assert dataclasses.asdict(m.cfg)["pad_latent_to_max"] is True
+
+
+def _recording(m) -> list[torch.Tensor]:
+    """Wraps the backbone's forward: the position ids of every call, in order."""
+    seen, inner = [], m.backbone.forward
+
+    def forward(embeds, mask, positions, *args, **kwargs):
+        seen.append(positions.detach().clone())
+        return inner(embeds, mask, positions, *args, **kwargs)
+
+    m.backbone.forward = forward
+    return seen
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_thought_stride_positions_equal_in_training_and_generation(stride: int) -> None:
+    """thought_stride=s (not in the paper): on a padded batch of uneven prompts, thought j gets position
+    P + s*(j+1) - 1 and <eot> P + s*n, both in the training rollout (right padded) and in generation (left padded);
+    the logits at <eot> agree between the two and with a full forward over explicit position ids; s=1 (the default)
+    is the contiguous P, P+1, ... of the paper."""
+    m = _method(**({} if stride == 1 else {"thought_stride": stride})).eval()
+    task, exs, n = _task(), _uneven(), m.eval_thoughts
+    prompt = [len(m.prompt_ids(ex, task)) + 1 for ex in exs]  # P: prompt and <bot>
+    want = [[p + stride * (j + 1) - 1 for j in range(n)] + [p + stride * n] for p in prompt]
+    targets = [m.target_ids(ex, task) for ex in exs]
+    seen = _recording(m)
+    with torch.no_grad():
+        ro = rollout(m.backbone, [m.prefix(ex, task) for ex in exs], [n, n], m.to_input,
+                     [[tokens([m.eot_id]), tokens(t, labels=True)] for t in targets], stride=m.cfg.thought_stride)
+    train_pos = [[int(c[b, 0]) for c in seen[1:n + 2]] for b in range(2)]  # n thought calls, then the suffix's first
+    seen.clear()
+    with torch.no_grad():
+        state = m.latent_state(exs, task)
+    gen_pos = [[int(c[b, 0]) for c in seen[-(n + 1):]] for b in range(2)]  # n thoughts, then <eot>
+    assert train_pos == want and gen_pos == want
+    torch.testing.assert_close(state.logits, ro.out.logits[:, 0].float(), atol=1e-5, rtol=1e-4)
+    bb = m.backbone.model
+    for b, ex in enumerate(exs):  # independent: one full forward per row over the fed inputs at those positions
+        pre = splice([m.prefix(ex, task)], m.backbone.embed, 0, "right").inputs_embeds[0]
+        fed = torch.stack([t[b] for t in ro.thoughts])  # (n, d)
+        eot = m.backbone.embed(torch.tensor([m.eot_id]))
+        seq = torch.cat([pre, fed, eot])[None]
+        pos = torch.tensor([list(range(prompt[b])) + want[b]])
+        with torch.no_grad():
+            full = bb(inputs_embeds=seq, position_ids=pos).logits[0, -1].float()
+        torch.testing.assert_close(state.logits[b], full, atol=1e-5, rtol=1e-4)
+
+
+def test_thought_stride_default_is_unchanged_and_bad_values_name_the_field() -> None:
+    task = _task()
+    batch = task.load("train")[:4]
+    a, b = _method(), _method(thought_stride=1)
+    a.begin_step(3, 10)
+    b.begin_step(3, 10)
+    assert torch.equal(a.loss(batch, task).loss, b.loss(batch, task).loss)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="thought_stride"):
+            _method(thought_stride=bad)

@@ -46,6 +46,7 @@ def rollout(
     to_input: Callable[[torch.Tensor], torch.Tensor],
     suffix_rows: Sequence[Sequence[Piece]],
     suffix_hidden: bool = False,
+    stride: int = 1,
 ) -> Rollout:
     """Training forward: prefix, then counts[b] continuous thoughts per row, then the suffix, with gradients.
 
@@ -61,6 +62,9 @@ def rollout(
         to_input: last hidden state (B, d) -> next input (B, d) (identity for Coconut, the projection for CODI).
         suffix_rows: e.g. [<eot>, labelled target] per row.
         suffix_hidden: return every layer's hidden states of the suffix pass.
+        stride: position ids a thought advances by (1: contiguous, the papers'). With stride s, thought j of a row
+            whose prefix has P positions gets position P + s*(j+1) - 1 and the suffix starts at P + s*k (k thoughts):
+            each thought stands for s positions, as `think` does at generation time.
     """
     if torch.is_grad_enabled() and bb.model.training and checkpointing_on(bb.model):
         raise ConfigError("gradient_checkpointing: this method's training rollout feeds continuous thoughts through "
@@ -82,6 +86,8 @@ def rollout(
         e = to_input(h)  # (B, d)
         thoughts.append(e)
         mask = torch.cat([mask, active[:, None].to(mask.dtype)], dim=1)  # (B, P+j+1)
+        if stride != 1:
+            next_pos = next_pos + (stride - 1) * active.long()
         out = forward(bb, e[:, None].to(bb.dtype), mask, next_pos[:, None], cache, hidden=True, keep=1)
         cache = output_cache(out)
         h = torch.where(active[:, None], out.hidden_states[-1][:, -1], h)
@@ -99,11 +105,15 @@ def think(
     n: int,
     to_input: Callable[[torch.Tensor], torch.Tensor],
     record: list[torch.Tensor] | None = None,
+    stride: int = 1,
 ) -> DecodeState:
     """Generation: n cached latent steps, each input = to_input(last hidden state). `record` collects the
-    (B, V) logits at the state each thought is made from (for probes)."""
+    (B, V) logits at the state each thought is made from (for probes). `stride`: position ids each thought advances
+    by (as `rollout`'s: thought j at P + stride*(j+1) - 1, the next token at P + stride*n)."""
     for _ in range(n):
         if record is not None:
             record.append(state.logits.clone())
+        if stride != 1:
+            state.next_position = state.next_position + (stride - 1)
         state = engine.step(state, to_input(state.hidden), want_hidden=True)
     return state

@@ -17,6 +17,13 @@ One setting the official code does not have, off by default: `thought_norm=embed
 state to the mean norm of the input-embedding rows (direction unchanged; `methods.latent.at_thought_norm`). In
 the demo's from-scratch models the last hidden state (after the final layer norm) is ~20x longer than a token
 embedding (README, demo study).
+
+A second one, also off by default and also not in the paper or its code: `thought_stride=s` gives each thought s
+position ids instead of one (thought j at P + s*(j+1) - 1 for a prefix of P positions, the text after `<eot>` at
+P + s*k + 1 onwards for k thoughts), the same in the training rollout and at generation. With s = the tokens of
+one rationale step per thought (2 for the demo's `cur nxt` steps), thought j sits on the position of step j's
+first token and the remaining text keeps the position ids it had in the full CoT, so a model that learned
+position-dependent roles (look up at `cur`, copy at `nxt`) sees every thought at a look-up position.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from latentcot.config import check
+from latentcot.decoding.engine import DecodeState
 from latentcot.latent.curriculum import Curriculum, split_rationale, without_first_steps
 from latentcot.latent.rollout import Rollout, forward, rollout, think
 from latentcot.methods.base import LossOutput, register
@@ -55,13 +64,19 @@ class CoconutConfig(CurriculumConfig):
         thought_norm: "none" (the paper and its code: the last hidden state is the next input as it is) or
             "embedding" (rescaled to the mean L2 norm of the input-embedding rows, from the current weights at
             every step, gradients flowing through both; the direction is kept).
+        thought_stride: position ids per thought (1: one each, the paper and its code; s: thought j at P + s*(j+1) - 1
+            after a prefix of P positions and the text after `<eot>` shifted by (s-1)*k, in training and generation;
+            not in the paper).
     """
 
     thought_norm: str = "none"
+    thought_stride: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_thought_norm(self.thought_norm)
+        check(isinstance(self.thought_stride, int) and not isinstance(self.thought_stride, bool)
+              and self.thought_stride >= 1, "thought_stride", f"must be an integer >= 1, got {self.thought_stride!r}")
 
 
 @register("coconut")
@@ -75,11 +90,14 @@ class Coconut(CurriculumMethod):
         """h (B, d) as it is, or at the mean input-embedding row norm (`thought_norm=embedding`)."""
         return at_thought_norm(self.backbone, h, self.cfg.thought_norm)
 
+    def think_steps(self, state: DecodeState, n: int, record: list[torch.Tensor] | None = None) -> DecodeState:
+        return think(self.engine, state, n, self.to_input, record, self.cfg.thought_stride)
+
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         plans = [self.plan(ex, task) for ex in examples]
         suffix = [[tokens([self.eot_id]), tokens(ids, labels=True)] for _, ids in plans]
         ro = rollout(self.backbone, [self.prefix(ex, task) for ex in examples], [n for n, _ in plans],
-                     self.to_input, suffix)
+                     self.to_input, suffix, stride=self.cfg.thought_stride)
         loss = lm_loss(ro.out.logits, ro.suffix.labels)
         stage = self.curriculum.stage_at(self._step, self._total)
         n = int((ro.suffix.labels[:, 1:] != IGNORE).sum())  # the tokens the mean is over: accumulation weights by them
