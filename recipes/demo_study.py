@@ -17,6 +17,9 @@ seconds. Each setting gets its own directory under --out, so the runs are reused
     python recipes/demo_study.py --format pair --sft-steps 300 --thought-norm embedding
     # the official stage 0 first (the full CoT with the new <bot>/<eot> markers), then stages 1-3 of 250 steps
     python recipes/demo_study.py --format pair --sft-steps 300 --thought-norm embedding --seed 1 --start-stage 0 --max-stage 3 --no-final-stage --stage-steps 250
+    # the same with 2 position ids per thought (coconut thought_stride=2, not in the paper): the text after <eot>
+    # keeps the positions it had in the full CoT, each thought sits where its step's first token was
+    python recipes/demo_study.py --format pair --sft-steps 300 --thought-norm embedding --seed 0 --start-stage 0 --max-stage 3 --no-final-stage --stage-steps 250 --thought-stride 2
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def main() -> None:
         stage_schedule=not a.plain, sft_steps={"pointer_chase2": a.sft_steps},
         stage_steps={"pointer_chase2": a.stage_steps}, eval_questions=a.eval_questions, seed=a.seed,
         task_settings={"pointer_chase2": {"step_format": a.format}}, start_stage=a.start_stage, thought_norm="none",
+        thought_stride=a.thought_stride,
     )  # thought_norm is set below for codi as well as coconut
     tag = (f"{a.format}-sft{a.sft_steps}@{a.sft_lr:g}-stage{a.stage_steps}@{a.stage_lr:g}"
            f"-{'plain' if a.plain else f'proto-w{a.warmup}'}-s{a.seed}")
@@ -104,8 +108,6 @@ def main() -> None:
     if a.thought_norm != "none":
         for name in ("coconut", "codi"):
             by_name[name].settings = {**by_name[name].settings, "thought_norm": a.thought_norm}
-    if a.thought_stride != 1:
-        by_name["coconut"].settings = {**by_name["coconut"].settings, "thought_stride": a.thought_stride}
     for name in a.methods.split(","):
         c0, t0 = cpu_seconds(), time.time()
         row = run_arm(s, "pointer_chase2", by_name[name], out, progress=False)

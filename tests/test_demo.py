@@ -65,6 +65,9 @@ def test_demo_stage0_and_fewer_stages_reach_both_curriculum_arms() -> None:
     by = {a.method: a for a in arms(s, "pointer_chase2")}
     coconut, pause = by["coconut"], by["pause"]
     assert coconut.settings == {**pause.settings, "thought_norm": "embedding"}
+    strided = {a.method: a for a in arms(dataclasses.replace(s, thought_stride=2), "pointer_chase2")}
+    assert strided["coconut"].settings == {**coconut.settings, "thought_stride": 2}
+    assert strided["pause"].settings == pause.settings
     assert pause.settings["start_stage"] == 0 and pause.settings["max_stage"] == 3
     assert pause.settings["final_stage"] is False  # the 4th step stays text after 3 thoughts
     assert coconut.steps == pause.steps == 4 * 250  # stages 0, 1, 2, 3

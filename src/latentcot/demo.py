@@ -64,6 +64,9 @@ class DemoSettings:
         thought_norm: coconut's `thought_norm`: "none" as the paper, or "embedding" (each thought fed back at the
             mean norm of the token-embedding rows; in these from-scratch models the last hidden state is ~19x
             longer).
+        thought_stride: coconut's `thought_stride` (not in the paper): 1 as the paper, or s (each thought advances
+            the position ids by s; 2 on `cur nxt` steps puts thought j on the position of step j's first token, so
+            the text after `<eot>` keeps the position ids it had in the full CoT). The pause arm has no such setting.
         methods: the arms compared on each task.
         sft_steps: optimizer steps of no_cot_sft and cot_sft, per task. With `cur nxt` steps and the settings above
             CoT-SFT's loss is below 0.01 by step 100 and it answers 100% of the test questions after 300 steps.
@@ -96,6 +99,7 @@ class DemoSettings:
     start_stage: int = 1
     max_stage: int | None = None
     thought_norm: str = "none"
+    thought_stride: int = 1
     methods: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
         "pointer_chase": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
         "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
@@ -150,7 +154,8 @@ def arms(s: DemoSettings, task: str) -> list[Arm]:
     out = [
         Arm("no_cot_sft", {}, sft),
         Arm("cot_sft", {}, sft),
-        Arm("coconut", {**curriculum, **({"thought_norm": s.thought_norm} if s.thought_norm != "none" else {})},
+        Arm("coconut", {**curriculum, **({"thought_norm": s.thought_norm} if s.thought_norm != "none" else {}),
+                        **({"thought_stride": s.thought_stride} if s.thought_stride != 1 else {})},
             stage * stages, "cot_sft", s.stage_lr),
         Arm("pause", curriculum, stage * stages, "cot_sft", s.stage_lr),
         Arm("codi", {"num_thoughts": s.k}, s.codi_steps.get(task, max(s.codi_steps.values())), "cot_sft", s.codi_lr),
