@@ -87,7 +87,7 @@ def main() -> None:
         stage_schedule=not a.plain, sft_steps={"pointer_chase2": a.sft_steps},
         stage_steps={"pointer_chase2": a.stage_steps}, eval_questions=a.eval_questions, seed=a.seed,
         task_settings={"pointer_chase2": {"step_format": a.format}}, start_stage=a.start_stage, thought_norm="none",
-        thought_stride=a.thought_stride,
+        thought_stride=a.thought_stride, latent={},
     )  # thought_norm is set below for codi as well as coconut
     tag = (f"{a.format}-sft{a.sft_steps}@{a.sft_lr:g}-stage{a.stage_steps}@{a.stage_lr:g}"
            f"-{'plain' if a.plain else f'proto-w{a.warmup}'}-s{a.seed}")

@@ -51,7 +51,12 @@ def test_demo_arms_share_one_curriculum() -> None:
     assert by_name["codi"].settings["num_thoughts"] == s.k
     two = {a.method: a for a in arms(s, "pointer_chase2")}
     assert set(two) == set(s.methods["pointer_chase2"]) and two["cot_sft"].steps == 300
-    assert two["coconut"].steps == 4 * 200 and two["coconut"].lr == 1e-3 and two["coconut"].settings["stage_schedule"]
+    assert two["coconut"].steps == 5 * 150 and two["coconut"].lr == 1e-3 and two["coconut"].settings["stage_schedule"]
+    # pointer_chase2 (2-token steps): stage 0 first, thoughts at the embedding norm and two positions apart, and the
+    # pause control on the same curriculum; the 1-token task keeps the paper's settings
+    assert two["coconut"].settings == {**two["pause"].settings, "thought_norm": "embedding", "thought_stride": 2}
+    assert two["pause"].settings["start_stage"] == 0 and two["pause"].steps == 5 * 150
+    assert by_name["coconut"].settings["start_stage"] == 1 and "thought_stride" not in by_name["coconut"].settings
     assert s.model("pointer_chase2").endswith(",step_format=pair")
 
 
@@ -60,7 +65,7 @@ def test_demo_stage0_and_fewer_stages_reach_both_curriculum_arms() -> None:
     from latentcot.methods.coconut import CoconutConfig
     from latentcot.methods.pause import Pause
 
-    s = dataclasses.replace(DemoSettings.full(), start_stage=0, max_stage=3, thought_norm="embedding",
+    s = dataclasses.replace(DemoSettings.full(), latent={}, start_stage=0, max_stage=3, thought_norm="embedding",
                             stage_steps={"pointer_chase2": 250})
     by = {a.method: a for a in arms(s, "pointer_chase2")}
     coconut, pause = by["coconut"], by["pause"]

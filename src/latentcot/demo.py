@@ -100,12 +100,15 @@ class DemoSettings:
     max_stage: int | None = None
     thought_norm: str = "none"
     thought_stride: int = 1
+    latent: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "pointer_chase2": {"start_stage": 0, "thought_norm": "embedding", "thought_stride": 2},
+    })
     methods: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
         "pointer_chase": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
         "pointer_chase2": ("no_cot_sft", "cot_sft", "coconut", "pause", "codi", "soft_thinking"),
     })
     sft_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 300})
-    stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 200})
+    stage_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 150, "pointer_chase2": 150})
     codi_steps: dict[str, int] = field(default_factory=lambda: {"pointer_chase": 300, "pointer_chase2": 300})
     eval_questions: int = 500
     num_train: int = 10000
@@ -147,15 +150,17 @@ def arms(s: DemoSettings, task: str) -> list[Arm]:
     stage = s.stage_steps.get(task, max(s.stage_steps.values()))
     sft = s.sft_steps.get(task, max(s.sft_steps.values()))
     last = s.max_stage or s.k
-    curriculum = {"max_stage": last, "start_stage": s.start_stage, "thoughts_per_step": 1, "stage_steps": stage,
+    lat = {"start_stage": s.start_stage, "thought_norm": s.thought_norm, "thought_stride": s.thought_stride,
+           **s.latent.get(task, {})}  # this task's curriculum and thought settings
+    curriculum = {"max_stage": last, "start_stage": lat["start_stage"], "thoughts_per_step": 1, "stage_steps": stage,
                   **({"stage_schedule": True} if s.stage_schedule else {}),
                   **({"final_stage": False} if last < s.k else {})}  # the steps after max_stage stay text
-    stages = last + 1 - s.start_stage
+    stages = last + 1 - lat["start_stage"]
     out = [
         Arm("no_cot_sft", {}, sft),
         Arm("cot_sft", {}, sft),
-        Arm("coconut", {**curriculum, **({"thought_norm": s.thought_norm} if s.thought_norm != "none" else {}),
-                        **({"thought_stride": s.thought_stride} if s.thought_stride != 1 else {})},
+        Arm("coconut", {**curriculum, **({"thought_norm": lat["thought_norm"]} if lat["thought_norm"] != "none" else {}),
+                        **({"thought_stride": lat["thought_stride"]} if lat["thought_stride"] != 1 else {})},
             stage * stages, "cot_sft", s.stage_lr),
         Arm("pause", curriculum, stage * stages, "cot_sft", s.stage_lr),
         Arm("codi", {"num_thoughts": s.k}, s.codi_steps.get(task, max(s.codi_steps.values())), "cot_sft", s.codi_lr),
