@@ -2,7 +2,7 @@
 pause control, codi (and soft_thinking when installed) on one engine: accuracy, decode steps per question,
 questions/s. Writes report.md, results.json and accuracy_vs_steps.png into --out; re-running reuses finished runs.
 
-Example: latentcot demo            (9 min 28 s on 2 quiet CPU cores, measured 2026-11-28)
+Example: latentcot demo            (9 min 7 s on 2 quiet CPU cores, measured 2026-11-28)
          latentcot demo --quick    (about 1-2 minutes: 2-hop problems, one task)"""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a 1-2 minute variant (2-hop problems, pointer_chase only)")
     p.add_argument("--tasks", help="comma list of synthetic tasks (default pointer_chase,pointer_chase2)")
     p.add_argument("--eval-questions", type=int, help="test questions per method")
-    p.add_argument("--workers", type=int, help="processes training arms at once, one thread each (default: 2 or the "
-                   "number of CPU cores if fewer; 1 = in this process)")
+    p.add_argument("--workers", type=int, help="processes training arms at once, one thread each (default: the number "
+                   "of CPU cores + 1, at most 3: after cot_sft, three arms train from it, and a third process keeps "
+                   "both cores busy to the end; 1 = in this process)")
     p.add_argument("--threads", type=int, help="torch CPU threads with --workers 1 (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     import os
 
-    workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
+    workers = args.workers if args.workers is not None else min(3, (os.cpu_count() or 1) + 1)
     rows = run_demo(s, Path(args.out), progress=not args.no_progress, on_row=show, workers=workers)
     print()
     print(format_table(rows))
