@@ -33,7 +33,8 @@ def cacheless_generate(method, ex, task, n: int, max_new_tokens: int) -> list[in
     """One question, no KV cache: every latent and token step re-runs the model over the whole sequence.
 
     Position ids are explicit: consecutive, except that each thought advances them by the method's
-    `thought_stride` when it has one (1, the paper's, gives the model's own default positions)."""
+    `thought_stride` when it has one (1, the paper's, gives the model's own default positions). Each thought goes
+    through the method's `to_input` (as it is, or rescaled with `thought_norm=embedding`)."""
     bb = method.backbone
     stride = int(getattr(method.cfg, "thought_stride", 1))
     ids = torch.tensor(method.prompt_ids(ex, task) + [method.bot_id])
@@ -45,7 +46,8 @@ def cacheless_generate(method, ex, task, n: int, max_new_tokens: int) -> list[in
 
     for _ in range(n):
         h = run(output_hidden_states=True).hidden_states[-1][0, -1]  # (d,)
-        seq = torch.cat([seq, h[None]], dim=0)  # (T+1, d)
+        h = method.to_input(h[None])  # (1, d): the method's own thought transform (thought_norm)
+        seq = torch.cat([seq, h], dim=0)  # (T+1, d)
         pos.append(pos[-1] + stride)
     seq = torch.cat([seq, bb.embed(torch.tensor([method.eot_id]))], dim=0)
     pos.append(pos[-1] + 1)

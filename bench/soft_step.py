@@ -67,25 +67,32 @@ def modes(bb: Backbone, k: int, batch: int) -> dict[str, Step]:
     }
 
 
-def time_mode(bb: Backbone, texts: list[str], steps: int, make: Step) -> float:
-    """Seconds for `steps` KV-cached steps (prefill not timed)."""
+def time_modes(bb: Backbone, texts: list[str], steps: int, table: dict[str, Step]) -> dict[str, float]:
+    """Seconds per mode for `steps` KV-cached steps (prefill not timed), the modes interleaved step by step
+    (each mode steps its own state; the order rotates), so a change in the machine's speed hits every mode alike."""
     eng = Engine(bb)
     rows = [[tokens(bb.encode(t))] for t in texts]
-    state = eng.prefill(splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0))
-    t0 = time.perf_counter()
+    batch = splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0)
+    names = list(table)
+    states = {name: eng.prefill(batch) for name in names}
+    spent = dict.fromkeys(names, 0.0)
     with torch.no_grad():
-        for _ in range(steps):
-            state = eng.step(state, make(state))
-    return time.perf_counter() - t0
+        for i in range(steps):
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                t0 = time.perf_counter()
+                states[name] = eng.step(states[name], table[name](states[name]))
+                spent[name] += time.perf_counter() - t0
+    return spent
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-llama")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--top-k", type=int, default=15)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
@@ -94,22 +101,25 @@ def main() -> None:
     bb = Backbone(model, tok, args.model)
     texts = [bb.chat_prompt(QUESTIONS[i % len(QUESTIONS)] + " " * (i % 3)) for i in range(args.batch)]
     table = modes(bb, args.top_k, args.batch)
-    for make in table.values():  # warm-up
-        time_mode(bb, texts, 2, make)
+    time_modes(bb, texts, 2, table)  # warm-up
     watch = preflight(args.allow_contended)
     runs: dict[str, list[float]] = {name: [] for name in table}
-    for _ in range(args.repeats):  # interleaved so every mode sees the same machine load
-        for name, make in table.items():
-            runs[name].append(time_mode(bb, texts, args.steps, make))
+    for _ in range(args.repeats):
+        for name, t in time_modes(bb, texts, args.steps, table).items():
+            runs[name].append(t)
     print(
         f"model {args.model} (V={bb.vocab_size}, d={bb.hidden_size}), batch {args.batch}, {args.steps} cached steps, "
-        f"top-k {args.top_k}, median of {args.repeats} interleaved runs, {torch.get_num_threads()} threads"
+        f"top-k {args.top_k}, {args.repeats} rounds (modes interleaved step by step), {torch.get_num_threads()} threads"
     )
-    print(f"{'mode':<12} {'ms/step':>9} {'vs hard':>8}")
-    hard = statistics.median(runs["hard"])
+    print("vs hard: the median over rounds of (this mode's time / the hard step's time in the same round), with the")
+    print("quartiles of that ratio; within a round the modes take turns step by step, so the machine's drift (which")
+    print("moves single timings by +-20% on this machine) hits them alike")
+    print(f"{'mode':<12} {'ms/step':>9} {'vs hard':>8} {'quartiles':>13}")
     for name, times in runs.items():
-        t = statistics.median(times)
-        print(f"{name:<12} {t / args.steps * 1e3:>9.3f} {t / hard:>7.2f}x")
+        ratios = sorted(t / h for t, h in zip(times, runs["hard"]))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        print(f"{name:<12} {statistics.median(times) / args.steps * 1e3:>9.3f} {statistics.median(ratios):>7.2f}x "
+              f"{q[0]:>6.2f}-{q[2]:.2f}")
     print(verdict(watch))
 
 

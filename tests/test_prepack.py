@@ -11,7 +11,7 @@ from torch import nn
 
 from latentcot.decoding import prepack
 from latentcot.decoding.engine import Engine
-from latentcot.decoding.prepack import PackedLinear, prepacked, prepare, unpack
+from latentcot.decoding.prepack import FusedTanhGELU, PackedLinear, prepacked, prepare, unpack
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.models.splice import splice, tokens
 
@@ -41,6 +41,30 @@ def test_packed_linear_equals_linear_inside_and_is_linear_outside():
         assert torch.equal(lin(x), ref)
     unpack(lin)
     assert type(lin) is nn.Linear and "_packed" not in lin.__dict__
+
+
+def test_fused_tanh_gelu_is_gpt2s_gelu_new_inside_and_hf_outside():
+    """gelu_new by its formula (computed here in float64) = the fused kernel inside the context; outside it, and
+    with gradients, the module is HF's own forward bitwise."""
+    from transformers.activations import NewGELUActivation
+
+    torch.manual_seed(2)
+    act = nn.Sequential(NewGELUActivation())
+    x = torch.randn(4, 7, 96) * 3
+    xd = x.double()
+    formula = (0.5 * xd * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (xd + 0.044715 * xd**3)))).float()
+    hf = act(x)
+    assert prepare(act) == 0 and type(act[0]) is FusedTanhGELU
+    with torch.no_grad():
+        assert torch.equal(act(x), hf)  # outside the context
+        with prepacked():
+            fused = act(x)
+    with prepacked():
+        assert torch.equal(act(x), hf)  # gradients on: HF's forward
+    torch.testing.assert_close(fused, formula, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(hf, formula, atol=1e-6, rtol=1e-6)
+    unpack(act)
+    assert type(act[0]) is NewGELUActivation
 
 
 def test_small_layers_stay_plain():
@@ -78,6 +102,8 @@ def test_engine_decodes_through_packed_layers_as_hf_generate(tiny, monkeypatch):
     eng = Engine(tiny)
     state = eng.prefill(batch)
     assert any(type(m) is PackedLinear for m in tiny.model.modules())
+    if tiny.name == "tiny-gpt2":  # its gelu_new runs fused as well
+        assert any(type(m) is FusedTanhGELU for m in tiny.model.modules())
     torch.testing.assert_close(state.logits, plain.logits, atol=1e-4, rtol=1e-4)
     ours = eng.generate(state, GenerationConfig(max_new_tokens=16))
     assert any("_packed" in m.__dict__ for m in tiny.model.modules())  # the packed path ran

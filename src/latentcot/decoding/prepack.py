@@ -18,6 +18,10 @@ checks them against HF `generate()` and vLLM). `run.cpu_prepack=false` (or `Engi
 The packed copy is made at the first call and made again when the weight changes (its storage or its version
 counter: an optimizer step updates weights in place), so training between evaluations is safe. It costs one more
 copy of the packed weights in memory (smollm2: ~540 MB with its tied LM head).
+
+The same context also computes GPT-2's tanh-approximate GELU (HF's `gelu_new`, seven elementwise operations) with
+torch's one fused kernel (`FusedTanhGELU`): the same function up to float rounding, and on the demo's tiny GPT-2 the
+activation was 17% of a batched Coconut generation (`bench/coconut.py`).
 """
 
 from __future__ import annotations
@@ -70,14 +74,44 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, packed[1], self.bias, "none", [], "")
 
 
+def _tanh_gelu_class() -> type | None:
+    """HF's `NewGELUActivation` (GPT-2's `gelu_new`), or None when this transformers has none."""
+    try:
+        from transformers.activations import NewGELUActivation
+    except ImportError:  # pragma: no cover - every supported transformers has it
+        return None
+    return NewGELUActivation
+
+
+_TanhGELU = _tanh_gelu_class()
+
+
+if _TanhGELU is not None:
+    class FusedTanhGELU(_TanhGELU):  # type: ignore[misc, valid-type]
+        """GPT-2's tanh-approximate GELU (`gelu_new`), computed by torch's one fused kernel inside `prepacked` (CPU,
+        no gradients) instead of HF's seven elementwise operations, which dominate a tiny GPT-2's prefill. The same
+        function: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), equal up to float rounding (~2e-7). Everywhere
+        else (training, gradients, other devices) it is HF's own forward, bitwise as before."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if _active() and not torch.is_grad_enabled() and x.device.type == "cpu":
+                return F.gelu(x, approximate="tanh")
+            return super().forward(x)
+else:  # pragma: no cover
+    FusedTanhGELU = None  # type: ignore[assignment, misc]
+
+
 def prepare(model: nn.Module, min_size: int | None = None) -> int:
     """Turns the model's plain `nn.Linear`s of at least `min_size` (default `PACK_MIN`) weight entries into
-    `PackedLinear`s (in place, idempotent). Returns how many layers are packed."""
+    `PackedLinear`s, and its `gelu_new` activations into `FusedTanhGELU`s (in place, idempotent). Returns how many
+    linear layers are packed."""
     min_size = PACK_MIN if min_size is None else min_size
     n = 0
     for m in model.modules():
         if type(m) is nn.Linear and m.weight.numel() >= min_size:
             m.__class__ = PackedLinear
+        elif _TanhGELU is not None and type(m) is _TanhGELU:
+            m.__class__ = FusedTanhGELU
         n += type(m) is PackedLinear
     return n
 
@@ -94,8 +128,11 @@ def prepacked(on: bool = True) -> Iterator[None]:
 
 
 def unpack(model: nn.Module) -> None:
-    """Drops the packed copies (memory) and turns `PackedLinear`s back into plain `nn.Linear`s."""
+    """Drops the packed copies (memory) and turns `PackedLinear`s back into plain `nn.Linear`s (and
+    `FusedTanhGELU`s back into HF's `NewGELUActivation`)."""
     for m in model.modules():
         if type(m) is PackedLinear:
             m.__dict__.pop("_packed", None)
             m.__class__ = nn.Linear
+        elif FusedTanhGELU is not None and type(m) is FusedTanhGELU:
+            m.__class__ = _TanhGELU
