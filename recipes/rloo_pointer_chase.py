@@ -94,16 +94,18 @@ def main() -> None:
                 "mode": mode, "seed": seed,
                 "reward_first": sum(r["reward"] for r in first) / len(first),
                 "reward_last": sum(r["reward"] for r in last) / len(last),
+                "all_equal": sum(r["all_equal_groups"] for r in tr) / len(tr),
                 "acc_first": ev[0]["eval"]["accuracy_strict"], "acc_last": ev[-1]["eval"]["accuracy_strict"],
                 "evals": [(r["step"], r["eval"]["accuracy_strict"]) for r in ev],
             })
     from latentcot.analysis.rl import plot_rl_curves
 
     png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {a.k}-hop pointer chasing from a partly trained CoT-SFT model")
-    lines = ["| rollout mode | seed | mean reward, first 10% of steps | last 10% | held-out acc. at first eval | at last eval |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| rollout mode | seed | mean reward, first 10% of steps | last 10% | held-out acc. at first eval | at last eval "
+             "| share of groups all equal (mean over steps) |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['mode']} | {r['seed']} | {r['reward_first']:.1f} | {r['reward_last']:.1f} | {r['acc_first']:.1f} | "
-              f"{r['acc_last']:.1f} |" for r in rows]
+              f"{r['acc_last']:.1f} | {r['all_equal']:.2f} |" for r in rows]
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     lines.append(f"\nprocess CPU time {cpu.ru_utime + cpu.ru_stime:.0f} s (user+sys), wall {time.time() - t0:.0f} s")
     (out / "rloo_table.md").write_text("\n".join(lines) + "\n")
