@@ -23,19 +23,13 @@ import time
 
 import torch
 from machine import preflight, verdict
+from soft_step import QUESTIONS
 
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
 from latentcot.models.splice import splice, tokens
-
-QUESTIONS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell?",
-    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
-    "Betty is saving money for a new wallet which costs $100. How much more money does Betty need?",
-    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
-]
 
 
 def best_of(fn, repeats: int) -> tuple[float, list[list[int]]]:
@@ -63,14 +57,16 @@ def main() -> None:
     texts = [bb.chat_prompt(QUESTIONS[i % len(QUESTIONS)]) for i in range(args.batch)]
     n = args.new_tokens
     pad = tok.pad_token_id or 0
-    rows = [[tokens(bb.encode(t))] for t in texts]
-    width = max(len(r[0].ids) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r[0].ids)) + list(r[0].ids) for r in rows])
-    mask = (torch.arange(width)[None] >= torch.tensor([width - len(r[0].ids) for r in rows])[:, None]).long()
+    prompts = [bb.encode(t) for t in texts]
+    rows = [[tokens(p)] for p in prompts]
+    batch = splice(rows, bb.embed, pad)  # left-padded: the same ids and mask go to HF generate()
+    width = batch.attention_mask.shape[1]
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = batch.attention_mask
 
     def engine() -> list[list[int]]:
         eng = Engine(bb)
-        state = eng.prefill(splice(rows, bb.embed, pad))
+        state = eng.prefill(batch)
         return [o.token_ids for o in eng.generate(state, GenerationConfig(max_new_tokens=n, ignore_eos=True))]
 
     def hf(**kw) -> list[list[int]]:

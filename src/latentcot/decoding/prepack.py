@@ -34,6 +34,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import NewGELUActivation
 
 PACK_MIN = 1 << 18  # weights with fewer entries keep F.linear (a 512 x 512 layer and up is packed)
 PACK_ROWS = 32  # the batch size oneDNN lays the packed weight out for (any batch size works with it)
@@ -74,31 +75,16 @@ class PackedLinear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x, packed[1], self.bias, "none", [], "")
 
 
-def _tanh_gelu_class() -> type | None:
-    """HF's `NewGELUActivation` (GPT-2's `gelu_new`), or None when this transformers has none."""
-    try:
-        from transformers.activations import NewGELUActivation
-    except ImportError:  # pragma: no cover - every supported transformers has it
-        return None
-    return NewGELUActivation
+class FusedTanhGELU(NewGELUActivation):
+    """GPT-2's tanh-approximate GELU (`gelu_new`), computed by torch's one fused kernel inside `prepacked` (CPU, no
+    gradients) instead of HF's seven elementwise operations, which dominate a tiny GPT-2's prefill. The same function:
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), equal up to float rounding (~2e-7). Everywhere else (training,
+    gradients, other devices) it is HF's own forward, bitwise as before."""
 
-
-_TanhGELU = _tanh_gelu_class()
-
-
-if _TanhGELU is not None:
-    class FusedTanhGELU(_TanhGELU):  # type: ignore[misc, valid-type]
-        """GPT-2's tanh-approximate GELU (`gelu_new`), computed by torch's one fused kernel inside `prepacked` (CPU,
-        no gradients) instead of HF's seven elementwise operations, which dominate a tiny GPT-2's prefill. The same
-        function: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), equal up to float rounding (~2e-7). Everywhere
-        else (training, gradients, other devices) it is HF's own forward, bitwise as before."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if _active() and not torch.is_grad_enabled() and x.device.type == "cpu":
-                return F.gelu(x, approximate="tanh")
-            return super().forward(x)
-else:  # pragma: no cover
-    FusedTanhGELU = None  # type: ignore[assignment, misc]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _active() and not torch.is_grad_enabled() and x.device.type == "cpu":
+            return F.gelu(x, approximate="tanh")
+        return super().forward(x)
 
 
 def prepare(model: nn.Module, min_size: int | None = None) -> int:
@@ -110,7 +96,7 @@ def prepare(model: nn.Module, min_size: int | None = None) -> int:
     for m in model.modules():
         if type(m) is nn.Linear and m.weight.numel() >= min_size:
             m.__class__ = PackedLinear
-        elif _TanhGELU is not None and type(m) is _TanhGELU:
+        elif type(m) is NewGELUActivation:
             m.__class__ = FusedTanhGELU
         n += type(m) is PackedLinear
     return n
@@ -134,5 +120,5 @@ def unpack(model: nn.Module) -> None:
         if type(m) is PackedLinear:
             m.__dict__.pop("_packed", None)
             m.__class__ = nn.Linear
-        elif FusedTanhGELU is not None and type(m) is FusedTanhGELU:
-            m.__class__ = _TanhGELU
+        elif type(m) is FusedTanhGELU:
+            m.__class__ = NewGELUActivation

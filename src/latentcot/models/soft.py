@@ -55,13 +55,10 @@ def top_k_filtered(
     """
     k = min(k, probs.shape[-1])
     w, ids = torch.topk(probs.float(), k, dim=-1)  # (B, k) each, descending
-    # One mask for both cuts (the top token survives the nucleus cut, so min_p reads the same w[:, :1]).
-    drop = (w.cumsum(-1) - w) >= top_p if top_p < 1.0 else None
+    if top_p < 1.0:
+        w.masked_fill_((w.cumsum(-1) - w) >= top_p, 0.0)  # in place: w is topk's own output
     if min_p > 0:
-        low = w < min_p * w[:, :1]
-        drop = low if drop is None else drop.logical_or_(low)
-    if drop is not None:
-        w.masked_fill_(drop, 0.0)  # in place: w is topk's own output
+        w.masked_fill_(w < min_p * w[:, :1], 0.0)
     return w / w.sum(-1, keepdim=True), ids
 
 
