@@ -76,7 +76,7 @@ def time_modes(bb: Backbone, texts: list[str], steps: int, table: dict[str, Step
     names = list(table)
     states = {name: eng.prefill(batch) for name in names}
     spent = dict.fromkeys(names, 0.0)
-    with torch.no_grad():
+    with torch.inference_mode():  # where a generation makes its soft inputs: inside the engine's inference-mode loop
         for i in range(steps):
             for j in range(len(names)):
                 name = names[(i + j) % len(names)]

@@ -165,6 +165,39 @@ def test_sampling_depends_only_on_seed_and_question(tiny):
     assert other_seed[0].token_ids != batch[1].token_ids or len(batch[1].token_ids) < 3
 
 
+def test_sampled_tokens_follow_the_plain_streams(tiny):
+    """Sampling draws one uniform per row and token; after two steps the rows' draws come from blocks drawn ahead.
+    The tokens are those of inverse-CDF sampling with each row's generator drawn one number at a time."""
+    eng = Engine(tiny)
+    rows = _ids(tiny)
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, ignore_eos=True)
+    seeds = [row_seed(5, f"q{i}", 0) for i in range(len(rows))]
+    rand = RowRandom(seeds)
+    outs = eng.generate(eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, 0)), cfg, rand)
+    assert any(s.block is not None for s in rand.streams)  # the loop was served from blocks
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    state = eng.prefill(splice([[tokens(r)] for r in rows], tiny.embed, 0))
+    want = [[] for _ in rows]
+    for _ in range(12):
+        probs = torch.softmax(state.logits.float(), -1)
+        u = torch.stack([torch.rand((), generator=g) for g in gens])
+        cdf = probs.cumsum(-1)
+        ids = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1)
+        for b, t in enumerate(ids.tolist()):
+            want[b].append(t)
+        state = eng.step_tokens(state, ids)
+    assert [o.token_ids for o in outs] == want
+
+
+def test_engine_calls_run_in_inference_mode(tiny):
+    eng = Engine(tiny)
+    state = eng.prefill(splice([[tokens(r)] for r in _ids(tiny)], tiny.embed, 0))
+    assert state.logits.is_inference() and not state.logits.requires_grad
+    with torch.enable_grad():  # callers with gradients on get no graph (and no error)
+        outs = eng.generate(state, GenerationConfig(max_new_tokens=3))
+    assert all(len(o.token_ids) <= 3 for o in outs)
+
+
 def test_stop_strings_and_max_tokens(tiny):
     eng = Engine(tiny)
     rows = _ids(tiny)

@@ -155,3 +155,79 @@ def test_sampling_without_streams_is_an_error(tiny, arith_task):
     fuzzy = build_method("soft_tokens", {"token_mode": "fuzzy", "max_think_steps": 3}, tiny)
     with pytest.raises(MissingRandomError):
         fuzzy.generate(exs, arith_task, sampled, None)
+
+
+class _PlainStreams:
+    """The stream definition drawn the plain way: one generator per row, every draw straight from it."""
+
+    def __init__(self, seeds):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def uniform(self, shape, rows):
+        gens = self.gens if rows is None else [self.gens[b] for b in rows]
+        return torch.stack([torch.rand(shape, generator=g) for g in gens])
+
+    def normal(self, gens, d):
+        return torch.stack([torch.randn(d, generator=g) for g in gens])
+
+
+@pytest.mark.parametrize("block", [1024, 40, 1])
+def test_draws_ahead_give_the_plain_draws(monkeypatch, block):
+    """Loops of same-shape uniform draws are served from blocks drawn ahead; every number equals the plain
+    one-draw-at-a-time stream's, through row subsets, views, shape changes, normals, Gamma draws and direct use of
+    the generators (a random script of 600 operations, small blocks so that blocks run out and restart)."""
+    import latentcot.decoding.sampling as sampling
+
+    monkeypatch.setattr(sampling, "BLOCK_NUMBERS", block)
+    seeds = [row_seed(3, f"q{i}", 0) for i in range(6)]
+    rand, plain = RowRandom(seeds), _PlainStreams(seeds)
+    script = torch.Generator().manual_seed(0)
+
+    def pick(n):
+        return int(torch.randint(0, n, (), generator=script))
+
+    served = 0
+    shape = (15,)
+    for _ in range(600):
+        op = pick(20)
+        if op < 14:  # mostly long runs of one shape, as a decoding loop draws
+            if pick(10) == 0:
+                shape = [(), (3,), (15,), (2, 3)][pick(4)]
+            rows = None if pick(3) else sorted(set(pick(6) for _ in range(1 + pick(6))))
+            got, want = rand.uniform(*shape, rows=rows), plain.uniform(shape, rows)
+            served += sum(s.block is not None for s in rand.streams)
+        elif op < 16:  # a view over some rows draws, then its rows keep drawing in the full object
+            keep = sorted(set(pick(6) for _ in range(1 + pick(6))))
+            got, want = rand.select(keep).uniform(*shape), plain.uniform(shape, keep)
+        elif op == 16:
+            got, want = rand.normal(4), plain.normal(plain.gens, 4)
+        elif op == 17:
+            conc = torch.full((6, 3), 0.7)
+            got = rand.gamma(conc)
+            want = torch.stack([
+                torch._standard_gamma(conc[b], generator=torch.Generator().manual_seed(
+                    int(torch.randint(0, 2**62, (), generator=g))))
+                for b, g in enumerate(plain.gens)
+            ])
+        elif op == 18:  # direct use of a row's generator (as SoftCoT++'s chain seeds do)
+            b = pick(6)
+            got, want = torch.rand(2, generator=rand.generators[b]), torch.rand(2, generator=plain.gens[b])
+        else:
+            both = RowRandom.concat([rand.select([4, 5]), rand.select([0, 1, 2, 3])])
+            got, want = both.uniform(*shape), plain.uniform(shape, [4, 5, 0, 1, 2, 3])
+        assert torch.equal(got, want)
+    assert served > 0  # the blocks were used, not only the plain path
+    for g, h in zip(rand.generators, plain.gens):  # and every generator ends where the plain one does
+        assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=h))
+
+
+def test_a_drawing_loop_draws_one_block_per_many_steps():
+    """After two same-shape draws the rows draw a block together; later steps index it (the draws returned are
+    fresh tensors: writing to one does not change the next)."""
+    rand = RowRandom([row_seed(0, f"q{i}", 0) for i in range(4)])
+    first = [rand.uniform(15) for _ in range(3)]
+    assert all(s.block is not None and s.block is rand.streams[0].block for s in rand.streams)
+    a = rand.uniform(15)
+    a.zero_()
+    b = rand.uniform(15)
+    assert bool((b > 0).all()) and not torch.equal(b, first[-1])

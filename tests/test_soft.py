@@ -23,6 +23,7 @@ from latentcot.models.soft import (
     entropy,
     gaussian_log_density,
     gumbel_noise,
+    gumbel_perturb,
     gumbel_softmax,
     mix_embeddings,
     noise_sigma,
@@ -83,6 +84,18 @@ def test_gumbel_softmax_at_tau_to_zero_is_argmax_one_hot():
     expect = torch.nn.functional.one_hot((torch.log(w) + g).argmax(-1), 7).float()
     torch.testing.assert_close(out, expect)
     assert out[0, 3:].sum() == 0
+
+
+def test_gumbel_perturb_is_gumbel_softmax_of_the_same_draws_bit_for_bit():
+    """The method's fused form gives exactly the two-step definition's weights, over many steps (so also once the
+    streams serve a drawing loop from blocks drawn ahead), with dropped slots and several temperatures."""
+    gen = torch.Generator().manual_seed(4)
+    a, b = _rand(6, 1), _rand(6, 1)
+    for step in range(80):
+        w = torch.softmax(torch.randn(6, 15, generator=gen) * 3, -1)
+        w[step % 6, 10:] = 0.0
+        tau = (0.5, 1.0, 0.1)[step % 3]
+        assert torch.equal(gumbel_perturb(w, tau, a), gumbel_softmax(w, tau, gumbel_noise(b, 15)))
 
 
 def test_dirichlet_stays_on_support_and_concentrates():

@@ -102,6 +102,10 @@ class Controller(Protocol):
 class Engine:
     """Batched KV-cached decoding over a Backbone.
 
+    Its calls run in `torch.inference_mode` (no autograd bookkeeping at all: a tiny model's decode step is about a
+    tenth cheaper than under `no_grad`), so the states it returns hold inference tensors: step them with the engine,
+    and clone a tensor before using it where autograd records (torch refuses inference tensors there).
+
     Args:
         backbone: the model to decode with.
     """
@@ -112,7 +116,7 @@ class Engine:
         self._packed_model: object | None = None  # the model whose large linear layers `prepack.prepare` converted
 
     # --- low-level steps ---------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, batch: Spliced, want_hidden: bool = False) -> DecodeState:
         """Feeds a left-padded batch; returns the state after its last position.
 
@@ -160,7 +164,7 @@ class Engine:
             lengths=list(host),
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, state: DecodeState, embeds: torch.Tensor, want_hidden: bool = False) -> DecodeState:
         """Feeds one input vector per row. embeds (B, d) or (B, n, d) for n forced positions at once."""
         if embeds.dim() == 2:
@@ -196,7 +200,7 @@ class Engine:
                                    logits_to_keep=1)
 
     # --- the generation protocol (latentcot.decoding.backend.GenerationBackend) ---------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate_rows(
         self, rows: Sequence[Sequence[Piece]], cfg: GenerationConfig, rand: RowRandom | None = None
     ) -> list[RowOutput]:
@@ -205,7 +209,7 @@ class Engine:
         return self.generate(self.prefill(batch), cfg, rand)
 
     # --- the token loop ----------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         state: DecodeState,
@@ -235,7 +239,7 @@ class Engine:
             outs[i] = out
         return outs
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate_stream(
         self,
         start: Callable[[list[int]], DecodeState],

@@ -8,15 +8,21 @@ CUDA generators, and a sampling path called without streams raises instead of fa
 The stream definition (version 1, `STREAM_VERSION`): row b's generator is `torch.Generator("cpu")` seeded with
 `row_seed(seed, question id, sample)`; uniforms are `torch.rand(shape, generator=g)`, normals `torch.randn`,
 Gamma draws `torch._standard_gamma` on a generator seeded from one `randint(0, 2**62)` of the row's stream.
-A Mersenne-Twister generator has no batched form, so the draws loop over rows in Python (one `torch.rand` per row,
-then one `torch.stack`: about 3 us per row and draw). That is a few percent of a tiny model's step and well under
-1% of a real model's (README, Benchmarks), so the definition is kept and results for a given seed are those of
-earlier versions.
+A Mersenne-Twister generator has no batched form, so a draw loops over rows in Python (one `torch.rand` per row,
+then one `torch.stack`: about 3 us per row and draw). Loops that draw the same shape step after step (Gumbel noise
+while thinking, one uniform per sampled token) are served from blocks drawn ahead instead: `torch.rand` fills a
+tensor one element after the other from the generator, so a block of m draws of a shape holds exactly the numbers
+m separate draws would give, and rows that draw together share one block tensor, so a step's draw for the batch is
+one indexing op. Any other use of a row's generator (another shape, normals, Gamma, direct access) first puts it
+back where one-draw-at-a-time use would have left it (its state before the block, advanced by the draws handed
+out). The definition is unchanged and results for a given seed are those of earlier versions (tested against the
+plain loop).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -85,39 +91,118 @@ def require_random(rand: RowRandom | None, what: str) -> RowRandom:
     return rand
 
 
+BLOCK_NUMBERS = 1024  # uniforms per row and block drawn ahead (a block of shape (15,) holds 68 draws)
+
+
+class _Stream:
+    """One row's generator, with the uniforms of a drawing loop taken from a block drawn ahead.
+
+    Attributes:
+        gen: the row's generator.
+        block: (rows, m, *shape) uniforms drawn ahead for the streams that started the block together, or None.
+        row: this stream's row of `block`.
+        used: draws of `block[row]` handed out.
+        mark: the generator's state before the block was drawn.
+        shape: the shape of the last uniform draw; streak: how many uniform draws of that shape in a row.
+    """
+
+    __slots__ = ("gen", "block", "row", "used", "mark", "shape", "streak")
+
+    def __init__(self, seed: int) -> None:
+        self.gen = torch.Generator(device="cpu")
+        self.gen.manual_seed(int(seed))
+        self.block: torch.Tensor | None = None
+        self.row = self.used = self.streak = 0
+        self.mark: torch.Tensor | None = None
+        self.shape: tuple[int, ...] | None = None
+
+    def ready(self, shape: tuple[int, ...]) -> bool:
+        """Whether the next draw of `shape` can come from the block."""
+        return self.block is not None and self.shape == shape and self.used < self.block.shape[1]
+
+    def settle(self) -> None:
+        """Puts the generator where one-draw-at-a-time use would have left it, and drops the block."""
+        if self.block is not None and self.used < self.block.shape[1]:
+            self.gen.set_state(self.mark)
+            if self.used:
+                torch.rand((self.used, *self.shape), generator=self.gen)  # advance past the draws handed out
+        self.block = None
+
+    def other_draw(self) -> torch.Generator:
+        """The generator, settled, for a draw that is not a uniform of the current shape."""
+        self.settle()
+        self.shape, self.streak = None, 0
+        return self.gen
+
+    def draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """One uniform draw of `shape`, from the block when it has one."""
+        if self.ready(shape):
+            self.used += 1
+            return self.block[self.row, self.used - 1]
+        if self.shape == shape:
+            self.settle()  # an exhausted block: nothing to undo
+            self.streak += 1
+        else:
+            self.other_draw()
+            self.shape, self.streak = shape, 1
+        return torch.rand(shape, generator=self.gen)
+
+
 class RowRandom:
     """One random stream per row; draws are stacked into batch tensors.
 
     Args:
         seeds: one seed per row (see `row_seed`).
-        device: where the generators live (CPU generators are used for CUDA models too, then moved).
+        device: where draws are returned (CPU generators are used for CUDA models too, then moved).
     """
 
     def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
-        self.generators = []
-        for s in seeds:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(int(s))
-            self.generators.append(g)
+        self.streams = [_Stream(s) for s in seeds]
         self.device = torch.device(device)
 
     def __len__(self) -> int:
-        return len(self.generators)
+        return len(self.streams)
+
+    @property
+    def generators(self) -> list[torch.Generator]:
+        """The rows' generators, each where one-draw-at-a-time use would have left it (safe to draw from)."""
+        return [s.other_draw() for s in self.streams]
+
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.device.type == "cpu" else t.to(self.device)
 
     def uniform(self, *shape: int, rows: Sequence[int] | None = None) -> torch.Tensor:
-        """(B, *shape) uniform [0, 1) draws, row b from its own stream."""
-        gens = self.generators if rows is None else [self.generators[b] for b in rows]
-        if not gens:
+        """(B, *shape) uniform [0, 1) draws, row b from its own stream (a fresh tensor)."""
+        streams = self.streams if rows is None else [self.streams[b] for b in rows]
+        if not streams:
             return torch.empty((0, *shape), device=self.device)
-        # torch.rand per row then one stack: the same numbers as filling rows of a preallocated tensor in place
-        # (`torch.rand(shape, generator=g, out=out[b])`, the v1 wording) at about a quarter of the Python cost.
-        return torch.stack([torch.rand(shape, generator=g) for g in gens]).to(self.device)
+        first = streams[0]
+        if first.ready(shape) and all(s.block is first.block and s.used == first.used for s in streams):
+            idx = [s.row for s in streams]
+            for s in streams:
+                s.used += 1
+            if idx == list(range(idx[0], idx[0] + len(idx))):
+                out = first.block[idx[0] : idx[0] + len(idx), first.used - 1].clone()
+            else:
+                out = first.block[torch.tensor(idx), first.used - 1]  # advanced indexing copies
+            return self._out(out)
+        if all(s.shape == shape and s.streak >= 2 for s in streams):
+            # A loop draws this shape step after step: draw a block ahead for these rows together.
+            m = max(1, BLOCK_NUMBERS // max(1, math.prod(shape)))
+            for s in streams:
+                s.settle()
+                s.mark = s.gen.get_state()
+            block = torch.stack([torch.rand((m, *shape), generator=s.gen) for s in streams])  # (B, m, *shape)
+            for i, s in enumerate(streams):
+                s.block, s.row, s.used = block, i, 1
+            return self._out(block[:, 0].clone())
+        return self._out(torch.stack([s.draw(shape) for s in streams]))
 
     def normal(self, *shape: int) -> torch.Tensor:
         """(B, *shape) standard normal draws, row b from its own stream."""
-        if not self.generators:
+        if not self.streams:
             return torch.empty((0, *shape), device=self.device)
-        return torch.stack([torch.randn(shape, generator=g) for g in self.generators]).to(self.device)
+        return self._out(torch.stack([torch.randn(shape, generator=s.other_draw()) for s in self.streams]))
 
     def gamma(self, concentration: torch.Tensor) -> torch.Tensor:
         """Gamma(concentration, 1) draws for a (B, K) concentration, row-wise streams (for Dirichlet noise).
@@ -127,7 +212,7 @@ class RowRandom:
         """
         conc = concentration.detach().float().cpu()  # (B, K)
         rows = []
-        for b, g in enumerate(self.generators):
+        for b, g in enumerate(self.generators):  # settled: Gamma draws are not uniforms of a loop's shape
             sub = torch.Generator(device="cpu")
             sub.manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
             rows.append(torch._standard_gamma(conc[b], generator=sub))
@@ -137,13 +222,13 @@ class RowRandom:
     def concat(cls, parts: Sequence[RowRandom]) -> RowRandom:
         """The rows of `parts`, in order (same generator objects)."""
         new = cls([], parts[0].device)
-        new.generators = [g for p in parts for g in p.generators]
+        new.streams = [s for p in parts for s in p.streams]
         return new
 
     def select(self, keep: Sequence[int]) -> RowRandom:
-        """A view over a subset of rows (same generator objects)."""
+        """A view over a subset of rows (same streams)."""
         new = RowRandom([], self.device)
-        new.generators = [self.generators[i] for i in keep]
+        new.streams = [self.streams[i] for i in keep]
         return new
 
 

@@ -109,7 +109,13 @@ def think(
 ) -> DecodeState:
     """Generation: n cached latent steps, each input = to_input(last hidden state). `record` collects the
     (B, V) logits at the state each thought is made from (for probes). `stride`: position ids each thought advances
-    by (as `rollout`'s: thought j at P + stride*(j+1) - 1, the next token at P + stride*n)."""
+    by (as `rollout`'s: thought j at P + stride*(j+1) - 1, the next token at P + stride*n). Runs in inference mode,
+    like the engine's calls, so `to_input`'s trainable modules never record a graph over the engine's tensors."""
+    with torch.inference_mode():
+        return _think(engine, state, n, to_input, record, stride)
+
+
+def _think(engine, state, n, to_input, record, stride) -> DecodeState:
     for _ in range(n):
         if record is not None:
             record.append(state.logits.clone())

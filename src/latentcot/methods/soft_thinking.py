@@ -36,8 +36,7 @@ from latentcot.models.soft import (
     dirichlet_perturb,
     dirichlet_top_k,
     entropy,
-    gumbel_noise,
-    gumbel_softmax,
+    gumbel_perturb,
     mix_embeddings,
     token_probs,
     top_k_filtered,
@@ -112,7 +111,7 @@ class SoftThinking(ThinkingMethod):
         if c.randomness == "dirichlet" and c.dirichlet_order == "after_top_k":
             w = dirichlet_perturb(w, c.dirichlet_gamma, rand)
         elif c.randomness == "gumbel":
-            w = gumbel_softmax(w, c.gumbel_tau, gumbel_noise(rand, w.shape[-1]))
+            w = gumbel_perturb(w, c.gumbel_tau, rand)
         if c.randomness != "none":
             w, order = w.sort(-1, descending=True)  # (n, k): the visible token is the heaviest after noise
             ids = ids.gather(-1, order)
