@@ -47,6 +47,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/rloo-pointer-chase")
     p.add_argument("--k", type=int, default=4, help="hops")
+    p.add_argument("--answer-hops", type=int, default=0,
+                   help="hops the answer step does itself (task answer_hops: the CoT lists the first k - h nodes)")
     p.add_argument("--sft-steps", type=int, default=135, help="cot_sft steps (partly trained start)")
     p.add_argument("--steps", type=int, default=50, help="rloo optimizer steps per run")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -70,6 +72,8 @@ def main() -> None:
     mode_steps = key_values(a.mode_steps, "--mode-steps", int, a.modes)
     extra = key_values(a.set, "--set", str)
     task = {"task": "pointer_chase", "k": a.k, "num_train": 4000, "model": MODEL, "device": "cpu"}
+    if a.answer_hops:
+        task["answer_hops"] = a.answer_hops
     train({**task, "method": "cot_sft", "max_steps": a.sft_steps, "train_batch_size": 64, "lr": 1e-3,
            "run.seed": 0, "save_every": 0}, out / "sft")
     runs: dict[str, list[Path]] = {}
@@ -100,7 +104,8 @@ def main() -> None:
             })
     from latentcot.analysis.rl import plot_rl_curves
 
-    png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {a.k}-hop pointer chasing from a partly trained CoT-SFT model")
+    what = f"{a.k}-hop pointer chasing" + (f" (answer step: {a.answer_hops} hop)" if a.answer_hops else "")
+    png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {what} from a partly trained CoT-SFT model")
     lines = ["| rollout mode | seed | mean reward, first 10% of steps | last 10% | held-out acc. at first eval | at last eval "
              "| share of groups all equal (mean over steps) |",
              "|---|---|---|---|---|---|---|"]

@@ -185,6 +185,35 @@ def test_gradients_flow_through_gaussian_term_to_trainable_weights_only(arith_ta
             assert p.grad is None, n
 
 
+@pytest.mark.parametrize("model", TINY)
+def test_freeze_embeddings_leaves_every_other_gradient_unchanged(model, arith_task):
+    """freeze_embeddings changes what trains, not the estimator: on the same rollouts, every other weight gets the
+    same gradient as without it, E (and a head tied to it) gets none, and E is no trainable weight."""
+    exs = arith_task.load("train")[:2]
+    grads = []
+    for freeze in (False, True):
+        m = _rloo(model, rollout_mode="fuzzy", freeze_embeddings=freeze)
+        m.train()
+        m.loss(exs, arith_task).loss.backward()
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+        E = m.backbone.model.get_input_embeddings().weight
+        assert E.requires_grad is not freeze
+        if freeze:
+            assert E.grad is None
+            assert all(p is not E for _, p in m.trainable_parameters())
+    full, frozen = grads
+    assert set(full) == set(frozen)
+    checked = 0
+    for n, g in frozen.items():
+        if g is None:
+            continue
+        assert full[n] is not None and torch.allclose(g, full[n], rtol=1e-5, atol=1e-7), n
+        checked += int(g.abs().sum() > 0)
+    assert checked > 0, "no gradient to compare"
+    embed_like = [n for n in full if full[n] is not None and frozen[n] is None]
+    assert embed_like and all("emb" in n or "wte" in n or "lm_head" in n for n in embed_like), embed_like
+
+
 def test_kl_to_start_policy_is_zero_at_start(arith_task):
     for settings in ({"lora_r": 4}, {}):
         m = _rloo("tiny-gpt2", rollout_mode="fuzzy", kl_coef=0.1, **settings)
@@ -237,11 +266,12 @@ def test_killed_and_resumed_rloo_run_is_bit_identical(tmp_path, arith_task, mode
     ("micro_batch=3", "micro_batch"),
     ("rollout_mode=sharp", "rollout_mode"),
     ("reward_match=loose", "reward_match"),
+    ("freeze_embeddings=true lora_r=4", "freeze_embeddings"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, setting, field):
     out = tmp_path / "run"
     args = ["train", "--method", "rloo", "--model", "tiny-gpt2", "--task", "pointer_chase", "--out", str(out),
-            "--no-progress", "group_size=2", "prompts_per_step=2", "max_steps=1", setting]
+            "--no-progress", "group_size=2", "prompts_per_step=2", "max_steps=1", *setting.split()]
     if setting.startswith("fuzzy"):
         args.append("rollout_mode=fuzzy")
     assert main(args) == 2

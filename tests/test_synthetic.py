@@ -19,6 +19,7 @@ VARIANTS = [(n, {}) for n in NAMES] + [
     ("pointer_chase2", {"step_format": "sep"}),
     ("pointer_chase2", {"step_format": "pair"}),
     ("pointer_chase", {"num_nodes": 30, "k": 6}),
+    ("pointer_chase", {"answer_hops": 1}),
     ("arith_chain", {"modulus": 23, "ops": "+*"}),
     ("multiplication", {"num_digits": 2}),
     ("prosqa_synth", {"step_style": "concept"}),
@@ -105,6 +106,24 @@ def test_pointer_chase_rationale_follows_table():
             node = table[int(node[1:])]
             path.append(node)
         assert list(ex.steps) == path and ex.answer == path[-1]
+
+
+@pytest.mark.parametrize("hops", [1, 3])
+def test_pointer_chase_answer_hops_shortens_the_cot_only(hops):
+    # Same questions and answers as answer_hops=0; the CoT keeps the first k - hops nodes, and following the table
+    # from the CoT's last node for `hops` more look-ups reaches the answer.
+    full, short = task("pointer_chase", k=4).load("train"), task("pointer_chase", k=4, answer_hops=hops).load("train")
+    assert len(full) == len(short)
+    for a, b in zip(full, short):
+        assert (a.question, a.answer) == (b.question, b.answer)
+        assert b.steps == a.steps[: 4 - hops]
+        table = b.question.split()[:-2]
+        node = b.steps[-1]
+        for _ in range(hops):
+            node = table[int(node[1:])]
+        assert node == b.answer
+    ex = short[0]
+    assert task("pointer_chase", k=4, answer_hops=hops).target(ex) == " ".join(full[0].steps[: 4 - hops]) + f" #### {ex.answer}"
 
 
 @pytest.mark.parametrize("fmt", ["digits", "sep", "pair", "dup", "ptr"])
@@ -279,6 +298,8 @@ def test_prosqa_stats_by_hand():
         ("prosqa_synth", {"max_nodes": 99}, "task.max_nodes"),
         ("prosqa_synth", {"step_style": "graph"}, "task.step_style"),
         ("pointer_chase", {"num_train": -1}, "task.num_train"),
+        ("pointer_chase", {"k": 3, "answer_hops": 3}, "task.answer_hops"),
+        ("pointer_chase", {"answer_hops": -1}, "task.answer_hops"),
         ("pointer_chase", {"kk": 3}, "task.kk"),
     ],
 )

@@ -69,6 +69,10 @@ class RLOOConfig(SoftTokensConfig):
     normalize_advantages: divide advantages by their batch standard deviation.
     kl_coef: weight of the KL penalty to the frozen start policy (0 = off).
     lora_r, lora_alpha, lora_dropout, lora_targets: LoRA through PEFT (lora_r 0 = full fine-tune).
+    freeze_embeddings: full fine-tuning with the input embedding matrix E frozen (and the LM head with it when the
+        model ties them). The estimator is unchanged; only E gets no update. A diagnostic, not a setting of the
+        paper: in fuzzy mode E's gradient is the Gaussian term's A * eps / sigma on the fed rows (p is one-hot).
+        A run saved with it has no E in its weights (it comes from the model / init_from again).
     init_from: full-model weights (a run directory or .safetensors, e.g. a cot_sft run) to start from.
     """
 
@@ -90,6 +94,7 @@ class RLOOConfig(SoftTokensConfig):
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    freeze_embeddings: bool = False
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -120,6 +125,8 @@ class RLOOConfig(SoftTokensConfig):
             check(math.isfinite(v), name, f"must be a finite number, got {v}")
         check(self.kl_coef >= 0, "kl_coef", f"must be >= 0, got {self.kl_coef}")
         check(self.lora_r >= 0, "lora_r", f"must be >= 0 (0 = full fine-tune), got {self.lora_r}")
+        check(not (self.freeze_embeddings and self.lora_r > 0), "freeze_embeddings",
+              "is for full fine-tuning (lora_r=0); LoRA already leaves the embeddings frozen")
 
 
 @register("rloo")
@@ -143,6 +150,8 @@ class RLOO(SoftTokens):
                 frozen = copy.deepcopy(backbone.model).requires_grad_(False).eval()
                 self._ref.append(Backbone(frozen, backbone.tokenizer, backbone.name))
             backbone.model.requires_grad_(True)
+            if cfg.freeze_embeddings:
+                backbone.model.get_input_embeddings().weight.requires_grad_(False)
         self.seed = torch.initial_seed()  # the run's seed (train_run seeds torch before building the method)
         self.step = 0
         self.mode = cfg.token_mode

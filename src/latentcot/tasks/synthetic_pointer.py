@@ -2,7 +2,8 @@
 
 Question: `f(0) f(1) ... f(n-1) ? s` (values only: the index of a value is its position in the table), e.g. with
 n=4, k=2: `n2 n0 n3 n1 ? n0`. The chain of thought lists the k visited nodes f(s), f(f(s)), ...: `n2 n3`, and the
-answer is the last one: target `n2 n3 #### n3`. Each step is one positional look-up, which is what makes this
+answer is the last one: target `n2 n3 #### n3`. With `answer_hops=h` the CoT lists only the first k - h nodes and
+the answer step does the remaining h look-ups itself (k=2, h=1: target `n2 #### n3`). Each step is one positional look-up, which is what makes this
 learnable from scratch in seconds (SPEC section 3: 4-layer GPT-2, d=128, k=4, n=12: CoT-SFT 100%, no-CoT ~8%
 chance, Coconut with a curriculum 100%; the "answer the start node" shortcut scores ~24%, because a random
 permutation has short cycles).
@@ -34,11 +35,15 @@ class PointerChaseConfig(SyntheticConfig):
 
     Attributes:
         num_nodes: n, the size of the permutation (node tokens n0 .. n{n-1}).
-        k: hops to follow (= CoT steps).
+        k: hops to follow.
+        answer_hops: hops the answer takes beyond the chain of thought's last node. 0 (default): the CoT lists all k
+            visited nodes and the answer repeats the last one; h > 0: the CoT lists the first k - h nodes and the
+            answer is the k-th, so the answer step itself is h look-ups (same questions and answers as h = 0).
     """
 
     num_nodes: int = 12
     k: int = 4
+    answer_hops: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,6 +51,8 @@ class PointerChaseConfig(SyntheticConfig):
 
         check(self.num_nodes >= 2, "task.num_nodes", f"must be >= 2, got {self.num_nodes}")
         check(self.k > 0, "task.k", f"must be > 0, got {self.k}")
+        check(0 <= self.answer_hops < self.k, "task.answer_hops",
+              f"must be >= 0 and < k = {self.k} (the CoT keeps at least one step), got {self.answer_hops}")
 
 
 @TASKS.register("pointer_chase")
@@ -77,7 +84,8 @@ class PointerChase(SyntheticTask):
         out: list[Candidate] = []
         for table, s, path in zip(tables.tolist(), starts.tolist(), visited.tolist()):
             question = " ".join([names[v] for v in table]) + f" {QUERY} {names[s]}"
-            steps = tuple(self._step(v, p) for v, p in zip(path, [s, *path[:-1]]))
+            shown = path[: k - self.cfg.answer_hops]  # the CoT's nodes (all k unless answer_hops > 0)
+            steps = tuple(self._step(v, p) for v, p in zip(shown, [s, *shown[:-1]]))
             out.append((question, steps, names[path[-1]], {"table": table, "start": s, "path": path}))
         return out
 
