@@ -43,6 +43,15 @@ def eval_start(values: dict, run: Path, eval_limit: int) -> None:
              run / "eval_step0", res.run.batch_size, False)
 
 
+def ablate_gauss_grad() -> None:
+    """Diagnostic, not the paper's estimator: the replay's Gaussian CoT-step terms keep their values but pass no
+    gradient (so only sampled tokens train). Patches `training.rollout` for this process."""
+    import latentcot.training.rollout as rollout
+
+    density = rollout.soft_step_log_density
+    rollout.soft_step_log_density = lambda *args, **kw: density(*args, **kw).detach()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/rloo-pointer-chase")
@@ -57,6 +66,9 @@ def main() -> None:
     p.add_argument("--mode-steps", nargs="*", default=[], metavar="MODE=N",
                    help="rloo steps for one rollout mode (overrides --steps), e.g. soft=100")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more rloo settings, e.g. noise_scale=1.0")
+    p.add_argument("--ablate-gauss-grad", action="store_true",
+                   help="diagnostic, NOT the paper's estimator: the Gaussian CoT-step terms keep their value but pass no "
+                        "gradient, so only the sampled tokens train")
     p.add_argument("--normalize-advantages", action="store_true", help="divide advantages by their batch std")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
@@ -68,6 +80,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     out, t0 = Path(a.out), time.time()
 
+    if a.ablate_gauss_grad:
+        ablate_gauss_grad()
     mode_lr = key_values(a.mode_lr, "--mode-lr", float, a.modes)
     mode_steps = key_values(a.mode_steps, "--mode-steps", int, a.modes)
     extra = key_values(a.set, "--set", str)

@@ -324,3 +324,61 @@ def test_smollm2_recipe_bad_mode_settings_are_one_line_exit_2(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_cot_vs_answer_recipe_counts_by_hand(tmp_path):
+    """recipes/rloo_cot_vs_answer.py on hand-made held-out samples: accuracy, CoT all right, answer | CoT right."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from latentcot.tasks import get_task
+
+    spec = importlib.util.spec_from_file_location("cva", Path(__file__).resolve().parents[1] / "recipes" / "rloo_cot_vs_answer.py")
+    cva = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cva)
+    exs = get_task("pointer_chase", k=4, answer_hops=1, num_train=4000).load("valid")[:4]
+    cot = [" ".join(e.steps) for e in exs]
+    wrong = "n0" if exs[1].answer != "n0" else "n1"
+    bad_cot = " ".join(["n0" if exs[2].steps[0] != "n0" else "n1", *exs[2].steps[1:]])
+    outs = [f"{cot[0]} #### {exs[0].answer}",   # all right
+            f"{cot[1]} #### {wrong}",           # CoT right, answer wrong
+            f"{bad_cot} #### {exs[2].answer}",  # CoT wrong, answer right
+            f"{cot[3]}"]                        # CoT right, no answer
+    f = tmp_path / "samples.jsonl"
+    f.write_text("\n".join(json.dumps({"id": e.id, "output": o}) for e, o in zip(exs, outs)) + "\n")
+    got = cva.stats(f, {e.id: e for e in exs})
+    assert got == {"acc": 50.0, "cot": 75.0, "answer_given_cot": pytest.approx(100 / 3)}
+
+
+def test_pointer_chase_recipe_gauss_ablation_stops_only_the_gaussian_gradient(arith_task, monkeypatch):
+    """--ablate-gauss-grad (a diagnostic): the Gaussian terms keep their values but pass no gradient; token terms do."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import latentcot.training.rollout as rollout
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    monkeypatch.syspath_prepend(str(recipes))
+    monkeypatch.setattr(rollout, "soft_step_log_density", rollout.soft_step_log_density)  # restored after the test
+    spec = importlib.util.spec_from_file_location("rpc", recipes / "rloo_pointer_chase.py")
+    rpc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rpc)
+    m = _rloo("tiny-gpt2", rollout_mode="soft")
+    _, _, recs = m.rollout_rows(arith_task.load("train")[:2], arith_task)
+    m.train()
+    before = m.replay(recs)
+    rpc.ablate_gauss_grad()
+    after = m.replay(recs)
+    assert torch.allclose(before.choice_logp, after.choice_logp)
+    kinds = torch.tensor([k == GAUSS for r in recs for _, k, _ in r.choices])
+    assert kinds.any() and (~kinds).any()
+    params = [p for _, p in m.trainable_parameters()]
+    for rep, gauss_grad in ((before, True), (after, False)):
+        g = torch.autograd.grad(rep.choice_logp[kinds].sum(), params, allow_unused=True, retain_graph=True) \
+            if rep.choice_logp[kinds].requires_grad else [None]
+        assert any(x is not None and x.abs().sum() > 0 for x in g) is gauss_grad
+        t = torch.autograd.grad(rep.choice_logp[~kinds].sum(), params, allow_unused=True)
+        assert any(x is not None and x.abs().sum() > 0 for x in t)
+    sys.modules.pop("rloo_common", None)
