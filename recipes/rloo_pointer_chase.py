@@ -118,7 +118,7 @@ def main() -> None:
             })
     from latentcot.analysis.rl import plot_rl_curves
 
-    what = f"{a.k}-hop pointer chasing" + (f" (answer step: {a.answer_hops} hop)" if a.answer_hops else "")
+    what = f"{a.k}-hop pointer chasing" + (f" (answer step: {a.answer_hops} look-up{'s' if a.answer_hops > 1 else ''})" if a.answer_hops else "")
     png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {what} from a partly trained CoT-SFT model")
     lines = ["| rollout mode | seed | mean reward, first 10% of steps | last 10% | held-out acc. at first eval | at last eval "
              "| share of groups all equal (mean over steps) |",
