@@ -1,6 +1,8 @@
 """Where a pointer-chasing RLOO run gains or loses: for its first and last held-out evaluation (greedy samples in
-RUN/eval_stepN/samples.jsonl), the share of questions with the whole chain of thought right, the share answered
-right, and the share answered right among those whose CoT is right (the answer step alone).
+RUN/eval_stepN/samples.jsonl), the share of questions with the whole chain of thought right (the words before the
+first `####`), the share answered right (the word after the last `####`, the task's strict extraction), the share
+answered right among those whose CoT is right (the answer step alone), and the share answered with the start node
+(the shortcut that is right whenever the walk returns to its start).
 
     python recipes/rloo_cot_vs_answer.py --answer-hops 1 runs/rloo-pc-ah1/rloo-*-s[01]
 """
@@ -13,17 +15,20 @@ from pathlib import Path
 
 
 def stats(path: Path, held: dict) -> dict:
-    n = right = cot = given = 0
+    n = right = cot = given = start = 0
     for line in path.read_text().splitlines():
         r = json.loads(line)
         ex = held[r["id"]]
         words = r["output"].split()
-        j = words.index("####") if "####" in words else len(words)
-        answer = words[j + 1] if j + 1 < len(words) else None
-        ok_cot = words[:j] == list(ex.steps)
+        first = words.index("####") if "####" in words else len(words)
+        last = len(words) - 1 - words[::-1].index("####") if "####" in words else len(words)
+        answer = words[last + 1] if last + 1 < len(words) else None
+        ok_cot = words[:first] == list(ex.steps)
         n, right, cot = n + 1, right + (answer == ex.answer), cot + ok_cot
         given += ok_cot and answer == ex.answer
-    return {"acc": 100 * right / n, "cot": 100 * cot / n, "answer_given_cot": 100 * given / max(cot, 1)}
+        start += answer == ex.question.split()[-1]
+    return {"acc": 100 * right / n, "cot": 100 * cot / n, "answer_given_cot": 100 * given / max(cot, 1),
+            "start": 100 * start / n}
 
 
 def main() -> None:
@@ -36,12 +41,13 @@ def main() -> None:
 
     task = get_task("pointer_chase", k=a.k, answer_hops=a.answer_hops, num_train=4000)
     held = {e.id: e for e in task.load("valid")}
-    print("| run | eval | accuracy | CoT all right | answer right when the CoT is right |\n|---|---|---|---|---|")
+    print("| run | eval | accuracy | CoT all right | answer right when the CoT is right | answer = start node |\n"
+          "|---|---|---|---|---|---|")
     for run in a.runs:
         evals = sorted(run.glob("eval_step*/samples.jsonl"), key=lambda f: int(f.parent.name[len("eval_step"):]))
         for f in (evals[0], evals[-1]):
             s = stats(f, held)
-            print(f"| {run} | {f.parent.name} | {s['acc']:.1f} | {s['cot']:.1f} | {s['answer_given_cot']:.1f} |")
+            print(f"| {run} | {f.parent.name} | {s['acc']:.1f} | {s['cot']:.1f} | {s['answer_given_cot']:.1f} | {s['start']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -344,11 +344,14 @@ def test_cot_vs_answer_recipe_counts_by_hand(tmp_path):
     outs = [f"{cot[0]} #### {exs[0].answer}",   # all right
             f"{cot[1]} #### {wrong}",           # CoT right, answer wrong
             f"{bad_cot} #### {exs[2].answer}",  # CoT wrong, answer right
-            f"{cot[3]}"]                        # CoT right, no answer
+            f"{cot[3]} #### #### {exs[3].question.split()[-1]}"]  # CoT right, the start node after the last marker
     f = tmp_path / "samples.jsonl"
     f.write_text("\n".join(json.dumps({"id": e.id, "output": o}) for e, o in zip(exs, outs)) + "\n")
     got = cva.stats(f, {e.id: e for e in exs})
-    assert got == {"acc": 50.0, "cot": 75.0, "answer_given_cot": pytest.approx(100 / 3)}
+    starts = [e.question.split()[-1] for e in exs]
+    assert [e.answer == s for e, s in zip(exs, starts)] == [False, True, True, True]  # this split's first 4 questions
+    # rows answered right: 0, 2, 3; CoT right: 0, 1, 3 (answer right in 0, 3); answered with the start node: 2, 3
+    assert got == {"acc": 75.0, "cot": 75.0, "answer_given_cot": pytest.approx(200 / 3), "start": 50.0}
 
 
 def test_pointer_chase_recipe_gauss_ablation_stops_only_the_gaussian_gradient(arith_task, monkeypatch):
