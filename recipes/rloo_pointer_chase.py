@@ -66,6 +66,8 @@ def main() -> None:
     p.add_argument("--mode-steps", nargs="*", default=[], metavar="MODE=N",
                    help="rloo steps for one rollout mode (overrides --steps), e.g. soft=100")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more rloo settings, e.g. noise_scale=1.0")
+    p.add_argument("--sft-only", action="store_true",
+                   help="train the start model and print its held-out accuracy in each mode (OUT/start-MODE), no RL")
     p.add_argument("--ablate-gauss-grad", action="store_true",
                    help="diagnostic, NOT the paper's estimator: the Gaussian CoT-step terms keep their value but pass no "
                         "gradient, so only the sampled tokens train")
@@ -101,6 +103,12 @@ def main() -> None:
                       "normalize_advantages": a.normalize_advantages,
                       "eval_every": a.eval_every, "eval_limit": a.eval_limit, "max_new_tokens": 2, "batch_size": 100,
                       "log_every": 1, "save_every": 20, "run.seed": seed, **extra}
+            if a.sft_only:
+                if seed == a.seeds[0]:
+                    eval_start(values, out / f"start-{mode}", a.eval_limit)
+                    got = json.loads((out / f"start-{mode}" / "eval_step0" / "metrics.json").read_text())
+                    print(f"start model, {mode}: held-out accuracy {got['accuracy_strict']['mean']:.1f}%")
+                continue
             eval_start(values, run, a.eval_limit)
             train(values, run)
             runs.setdefault(mode, []).append(run / "train_log.jsonl")
@@ -116,6 +124,8 @@ def main() -> None:
                 "acc_first": ev[0]["eval"]["accuracy_strict"], "acc_last": ev[-1]["eval"]["accuracy_strict"],
                 "evals": [(r["step"], r["eval"]["accuracy_strict"]) for r in ev],
             })
+    if a.sft_only:
+        return
     from latentcot.analysis.rl import plot_rl_curves
 
     what = f"{a.k}-hop pointer chasing" + (f" (answer step: {a.answer_hops} look-up{'s' if a.answer_hops > 1 else ''})" if a.answer_hops else "")

@@ -385,3 +385,22 @@ def test_pointer_chase_recipe_gauss_ablation_stops_only_the_gaussian_gradient(ar
         t = torch.autograd.grad(rep.choice_logp[~kinds].sum(), params, allow_unused=True)
         assert any(x is not None and x.abs().sum() > 0 for x in t)
     sys.modules.pop("rloo_common", None)
+
+
+def test_pointer_chase_recipe_sft_only_evaluates_the_start_model_and_stops(tmp_path):
+    """--sft-only: the start model is trained and evaluated in each mode (OUT/start-MODE), and no RL run is made."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "rloo_pointer_chase.py"
+    out = tmp_path / "pc"
+    r = subprocess.run([sys.executable, str(script), "--out", str(out), "--k", "2", "--answer-hops", "1",
+                        "--sft-steps", "2", "--eval-limit", "4", "--modes", "hard", "fuzzy", "--sft-only"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [x for x in r.stdout.splitlines() if x.startswith("start model")]
+    assert [x.split(",")[1].split(":")[0].strip() for x in lines] == ["hard", "fuzzy"]
+    assert (out / "sft" / "train_summary.json").is_file()
+    assert (out / "start-fuzzy" / "eval_step0" / "metrics.json").is_file()
+    assert not list(out.glob("rloo-*")) and not (out / "rloo_table.md").exists()
