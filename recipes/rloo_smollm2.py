@@ -71,6 +71,8 @@ def main() -> None:
     p.add_argument("--eval-limit", type=int, default=8, help="held-out (test split) questions of the six-mode eval")
     p.add_argument("--samples", type=int, default=32, help="samples per question in sample mode (pass@k)")
     p.add_argument("--no-eval", action="store_true", help="train and plot only")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more rloo settings for every run, e.g. freeze_embeddings=true")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out, t0 = Path(a.out), time.time()
@@ -80,7 +82,7 @@ def main() -> None:
     base = {**setting(), "device": "cpu", "method": "rloo", "max_cot_tokens": a.max_cot_tokens, "max_answer_tokens": 8,
             "max_new_tokens": 8, "rollout_temperature": a.temperature, "group_size": a.group_size,
             "prompts_per_step": a.prompts, "eval_every": 0, "log_every": 1, "save_every": 5,
-            "run.seed": a.seed, "batch_size": 64}
+            "run.seed": a.seed, "batch_size": 64, **key_values(a.set, "--set", str)}
     runs, rows = {}, []
     from latentcot.analysis.rl import plot_rl_curves, read_log
 
