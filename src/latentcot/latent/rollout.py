@@ -112,14 +112,10 @@ def think(
     by (as `rollout`'s: thought j at P + stride*(j+1) - 1, the next token at P + stride*n). Runs in inference mode,
     like the engine's calls, so `to_input`'s trainable modules never record a graph over the engine's tensors."""
     with torch.inference_mode():
-        return _think(engine, state, n, to_input, record, stride)
-
-
-def _think(engine, state, n, to_input, record, stride) -> DecodeState:
-    for _ in range(n):
-        if record is not None:
-            record.append(state.logits.clone())
-        if stride != 1:
-            state.next_position = state.next_position + (stride - 1)
-        state = engine.step(state, to_input(state.hidden), want_hidden=True)
+        for _ in range(n):
+            if record is not None:
+                record.append(state.logits.clone())
+            if stride != 1:
+                state.next_position = state.next_position + (stride - 1)
+            state = engine.step(state, to_input(state.hidden), want_hidden=True)
     return state

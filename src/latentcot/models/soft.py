@@ -154,11 +154,16 @@ def dirichlet_top_k(
     return top / top.sum(-1, keepdim=True), ids.gather(-1, pos)
 
 
-def gumbel_noise(rand: RowRandom | None, k: int) -> torch.Tensor:
-    """(B, k) standard Gumbel draws -log(-log u), row b from its own stream."""
+def _log_neg_log_uniform(rand: RowRandom | None, k: int) -> torch.Tensor:
+    """(B, k) log(-log u) = -g for uniform draws u (clamped away from 0 and 1), row b from its own stream."""
     rand = require_random(rand, "Gumbel noise (randomness=gumbel)")
     u = rand.uniform(k).clamp_(1e-10, 1.0 - 1e-7)  # (B, k), a fresh tensor: in place from here on
-    return u.log_().neg_().log_().neg_()
+    return u.log_().neg_().log_()
+
+
+def gumbel_noise(rand: RowRandom | None, k: int) -> torch.Tensor:
+    """(B, k) standard Gumbel draws -log(-log u), row b from its own stream."""
+    return _log_neg_log_uniform(rand, k).neg_()
 
 
 def gumbel_softmax(weights: torch.Tensor, tau: float, gumbel: torch.Tensor) -> torch.Tensor:
@@ -174,9 +179,7 @@ def gumbel_perturb(weights: torch.Tensor, tau: float, rand: RowRandom | None) ->
     """`gumbel_softmax(weights, tau, gumbel_noise(rand, k))` in two ops fewer, bit for bit: log p + g is computed as
     log p - log(-log u) (IEEE subtraction is the addition of the negation), so g's last negation is never made.
     weights (B, k) -> (B, k)."""
-    rand = require_random(rand, "Gumbel noise (randomness=gumbel)")
-    u = rand.uniform(weights.shape[-1]).clamp_(1e-10, 1.0 - 1e-7)  # (B, k), fresh: in place from here on
-    neg_g = u.log_().neg_().log_()  # log(-log u) = -g
+    neg_g = _log_neg_log_uniform(rand, weights.shape[-1])
     return torch.softmax(torch.log(_f32(weights)).sub_(neg_g.to(weights.device)).div_(_number(tau, weights.device)), dim=-1)
 
 
