@@ -12,6 +12,11 @@ made differs:
 
     .venv/bin/python bench/soft_step.py                                   # tiny-llama, batch 8, ~1 minute
     .venv/bin/python bench/soft_step.py --model smollm2-135m-instruct --batch 8 --steps 32
+    .venv/bin/python bench/soft_step.py --stages      # + where a Gumbel soft input's time goes, op group by group
+
+`--stages` times the Gumbel soft input's parts (the calls `soft_thinking.think_inputs` makes, in its order) two
+ways: inside the decode loop (each right after a forward, as in generation) and alone in a tight loop on the same
+logits, and the hard input likewise.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
 from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
-from latentcot.models.soft import dense_mixture, embedding_scale, mix_embeddings, token_probs, top_k_filtered
+from latentcot.models.soft import (
+    dense_mixture,
+    embedding_scale,
+    entropy,
+    gumbel_perturb,
+    mix_embeddings,
+    token_probs,
+    top_k_filtered,
+)
 from latentcot.models.splice import splice, tokens
 
 QUESTIONS = [
@@ -86,6 +99,76 @@ def time_modes(bb: Backbone, texts: list[str], steps: int, table: dict[str, Step
     return spent
 
 
+def gumbel_stages(bb: Backbone, k: int, batch: int, clock: dict[str, float]) -> Step:
+    """The Gumbel soft input made by the calls `think_inputs` makes (soft_thinking defaults), each part timed into
+    `clock` (microseconds summed)."""
+    gumbel = build_method("soft_thinking", {"soft_top_k": k, "randomness": "gumbel"}, bb)
+    c = gumbel.cfg
+    rand = RowRandom([row_seed(0, str(i), 0) for i in range(batch)], bb.device)
+
+    def step(state: DecodeState) -> torch.Tensor:
+        t = [time.perf_counter()]
+        probs = token_probs(state.logits, c.think_temperature)
+        t.append(time.perf_counter())
+        w, ids = top_k_filtered(probs, c.soft_top_k, c.think_top_p, c.think_min_p)
+        t.append(time.perf_counter())
+        w = gumbel_perturb(w, c.gumbel_tau, rand)
+        t.append(time.perf_counter())
+        w, order = w.sort(-1, descending=True)
+        ids = ids.gather(-1, order)
+        t.append(time.perf_counter())
+        embeds = mix_embeddings(w, ids, bb.embed)
+        t.append(time.perf_counter())
+        entropy(probs)
+        t.append(time.perf_counter())
+        for name, a, b in zip(STAGES, t, t[1:]):
+            clock[name] = clock.get(name, 0.0) + (b - a) * 1e6
+        return embeds
+
+    return step
+
+
+STAGES = ["softmax(logits / T)", "top-k, top-p, min-p", "Gumbel noise + softmax", "sort + gather", "mixture",
+          "entropy"]
+
+
+def stages(bb: Backbone, texts: list[str], k: int, batch: int, steps: int, rounds: int) -> None:
+    """Per-part microseconds of a Gumbel soft input (and of the hard input) inside the decode loop and alone."""
+    inloop: dict[str, float] = {}
+    alone: dict[str, float] = {}
+    hard_clock = {"hard": 0.0}
+
+    def hard(state: DecodeState) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = bb.embed(state.logits.argmax(-1))
+        hard_clock["hard"] += (time.perf_counter() - t0) * 1e6
+        return out
+
+    table = {"hard": hard, "gumbel": gumbel_stages(bb, k, batch, inloop)}
+    time_modes(bb, texts, 2, table)  # warm-up
+    inloop.clear()
+    hard_clock["hard"] = 0.0
+    for _ in range(rounds):
+        time_modes(bb, texts, steps, table)
+    n = rounds * steps
+    hard_inloop = hard_clock["hard"] / n
+    eng = Engine(bb)
+    state = eng.prefill(splice([[tokens(bb.encode(t))] for t in texts], bb.embed, bb.tokenizer.pad_token_id or 0))
+    step_alone = gumbel_stages(bb, k, batch, alone)
+    hard_clock["hard"] = 0.0
+    with torch.inference_mode():
+        for _ in range(n):
+            step_alone(state)
+            hard(state)
+    print(f"\nwhere a Gumbel soft input's time goes (us per step, mean of {n} steps): inside the decode loop, right "
+          "after each forward, and alone (a tight loop on the same logits)")
+    print(f"{'part':<24} {'in the loop':>11} {'alone':>7}")
+    for name in STAGES:
+        print(f"{name:<24} {inloop[name] / n:>11.1f} {alone[name] / n:>7.1f}")
+    print(f"{'total':<24} {sum(inloop.values()) / n:>11.1f} {sum(alone.values()) / n:>7.1f}")
+    print(f"{'hard input (argmax, E)':<24} {hard_inloop:>11.1f} {hard_clock['hard'] / n:>7.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-llama")
@@ -95,6 +178,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
+    ap.add_argument("--stages", action="store_true", help="also time the Gumbel soft input's parts (see above)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
@@ -120,6 +204,8 @@ def main() -> None:
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         print(f"{name:<12} {statistics.median(times) / args.steps * 1e3:>9.3f} {statistics.median(ratios):>7.2f}x "
               f"{q[0]:>6.2f}-{q[2]:.2f}")
+    if args.stages:
+        stages(bb, texts, args.top_k, args.batch, args.steps, max(3, args.repeats // 3))
     print(verdict(watch))
 
 
