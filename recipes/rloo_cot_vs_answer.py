@@ -36,10 +36,11 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--answer-hops", type=int, default=0)
+    p.add_argument("--distinct", action="store_true", help="the runs' task had distinct=true")
     a = p.parse_args()
     from latentcot.tasks import get_task
 
-    task = get_task("pointer_chase", k=a.k, answer_hops=a.answer_hops, num_train=4000)
+    task = get_task("pointer_chase", k=a.k, answer_hops=a.answer_hops, num_train=4000, distinct=a.distinct)
     held = {e.id: e for e in task.load("valid")}
     print("| run | eval | accuracy | CoT all right | answer right when the CoT is right | answer = start node |\n"
           "|---|---|---|---|---|---|")

@@ -9,6 +9,10 @@ points the same way in independent batches carries signal). Also the share of th
 that lands on the embedding matrix, and the mean entropy of p over CoT steps.
 
     python recipes/rloo_grad_diag.py --sft runs/rloo-pc/sft --out runs/rloo-pc/grad_diag.md
+    python recipes/rloo_grad_diag.py --smollm2 --modes soft hard --prompts 4 --group-size 4 --out runs/rloo-smollm2/grad_diag.md
+
+With --smollm2 the start model is the plain smollm2-135m-instruct in `rloo_smollm2.py`'s setting (easy word problems,
+one-shot prompt, rollouts at temperature 0.5, 48 CoT tokens) instead of a pointer-chasing cot_sft run.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ def grads(method, loss) -> torch.Tensor:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sft", required=True, help="finished cot_sft run (the RL start model)")
+    p.add_argument("--sft", help="finished cot_sft run (the RL start model, pointer chasing)")
+    p.add_argument("--smollm2", action="store_true", help="smollm2-135m-instruct in rloo_smollm2.py's setting instead")
     p.add_argument("--out", required=True, help="markdown table to write")
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--batches", type=int, default=4)
@@ -38,6 +43,8 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["hard", "soft", "fuzzy"])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     a = p.parse_args()
+    if not a.smollm2 and not a.sft:
+        p.error("give --sft RUN (pointer chasing) or --smollm2")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     from latentcot.objectives.rloo import rewards_from_scores, rloo_advantages
@@ -47,9 +54,14 @@ def main() -> None:
     lines = ["| rollout mode | part | mean grad norm | mean pairwise cosine between batches | embedding share of squared norm |",
              "|---|---|---|---|---|"]
     for mode in a.modes:
-        values = {"task": "pointer_chase", "k": a.k, "num_train": 4000, "model": "scratch-gpt2:pointer_chase",
-                  "device": "cpu", "method": "rloo", "rollout_mode": mode, "init_from": a.sft, "think_end": "####",
-                  "max_cot_tokens": a.k + 2, "max_answer_tokens": 2, "group_size": a.group_size,
+        if a.smollm2:
+            from rloo_smollm2 import setting
+
+            task_values = {**setting(), "max_cot_tokens": 48, "max_answer_tokens": 8, "rollout_temperature": 0.5}
+        else:
+            task_values = {"task": "pointer_chase", "k": a.k, "num_train": 4000, "model": "scratch-gpt2:pointer_chase",
+                           "init_from": a.sft, "think_end": "####", "max_cot_tokens": a.k + 2, "max_answer_tokens": 2}
+        values = {**task_values, "device": "cpu", "method": "rloo", "rollout_mode": mode, "group_size": a.group_size,
                   "prompts_per_step": a.prompts, "progress": False, **dict(x.split("=", 1) for x in a.set)}
         method, task = build(resolve(values))
         method.train()

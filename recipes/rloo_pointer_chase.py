@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=4, help="hops")
     p.add_argument("--answer-hops", type=int, default=0,
                    help="hops the answer step does itself (task answer_hops: the CoT lists the first k - h nodes)")
+    p.add_argument("--distinct", action="store_true",
+                   help="only walks that never revisit a node (task distinct=true): no start-node or CoT-copy shortcut")
     p.add_argument("--sft-steps", type=int, default=135, help="cot_sft steps (partly trained start)")
     p.add_argument("--steps", type=int, default=50, help="rloo optimizer steps per run")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -90,6 +92,8 @@ def main() -> None:
     task = {"task": "pointer_chase", "k": a.k, "num_train": 4000, "model": MODEL, "device": "cpu"}
     if a.answer_hops:
         task["answer_hops"] = a.answer_hops
+    if a.distinct:
+        task["distinct"] = True
     train({**task, "method": "cot_sft", "max_steps": a.sft_steps, "train_batch_size": 64, "lr": 1e-3,
            "run.seed": 0, "save_every": 0}, out / "sft")
     runs: dict[str, list[Path]] = {}
@@ -128,7 +132,8 @@ def main() -> None:
         return
     from latentcot.analysis.rl import plot_rl_curves
 
-    what = f"{a.k}-hop pointer chasing" + (f" (answer step: {a.answer_hops} look-up{'s' if a.answer_hops > 1 else ''})" if a.answer_hops else "")
+    what = (f"{a.k}-hop pointer chasing" + (" (walks without revisits)" if a.distinct else "")
+            + (f" (answer step: {a.answer_hops} look-up{'s' if a.answer_hops > 1 else ''})" if a.answer_hops else ""))
     png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {what} from a partly trained CoT-SFT model")
     lines = ["| rollout mode | seed | mean reward, first 10% of steps | last 10% | held-out acc. at first eval | at last eval "
              "| share of groups all equal (mean over steps) |",

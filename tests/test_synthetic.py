@@ -20,6 +20,7 @@ VARIANTS = [(n, {}) for n in NAMES] + [
     ("pointer_chase2", {"step_format": "pair"}),
     ("pointer_chase", {"num_nodes": 30, "k": 6}),
     ("pointer_chase", {"answer_hops": 1}),
+    ("pointer_chase", {"answer_hops": 2, "distinct": True}),
     ("arith_chain", {"modulus": 23, "ops": "+*"}),
     ("multiplication", {"num_digits": 2}),
     ("prosqa_synth", {"step_style": "concept"}),
@@ -124,6 +125,27 @@ def test_pointer_chase_answer_hops_shortens_the_cot_only(hops):
         assert node == b.answer
     ex = short[0]
     assert task("pointer_chase", k=4, answer_hops=hops).target(ex) == " ".join(full[0].steps[: 4 - hops]) + f" #### {ex.answer}"
+
+
+def test_pointer_chase_distinct_walks_never_revisit_a_node():
+    # With distinct=True every walk (start + k visited nodes) has k + 1 different nodes, so the start node or a CoT
+    # node is never the answer; without it the start node is the answer about a quarter of the time (n=12, k=4).
+    def start_is_answer(exs):
+        return sum(e.answer == e.question.split()[-1] for e in exs) / len(exs)
+
+    plain = task("pointer_chase", k=4, answer_hops=2).load("train")
+    kept = task("pointer_chase", k=4, answer_hops=2, distinct=True).load("train")
+    assert len(kept) == SMALL["num_train"]
+    assert 0.15 < start_is_answer(plain) < 0.35 and start_is_answer(kept) == 0
+    for ex in kept:
+        table, start = ex.question.split()[:-2], ex.question.split()[-1]
+        path, node = [], start
+        for _ in range(4):
+            node = table[int(node[1:])]
+            path.append(node)
+        assert len({start, *path}) == 5 and ex.answer == path[-1] and list(ex.steps) == path[:2]
+    assert [e.question for e in kept] == [e.question for e in task("pointer_chase", k=4, answer_hops=2,
+                                                                      distinct=True).load("train")]
 
 
 @pytest.mark.parametrize("fmt", ["digits", "sep", "pair", "dup", "ptr"])
@@ -300,6 +322,7 @@ def test_prosqa_stats_by_hand():
         ("pointer_chase", {"num_train": -1}, "task.num_train"),
         ("pointer_chase", {"k": 3, "answer_hops": 3}, "task.answer_hops"),
         ("pointer_chase", {"answer_hops": -1}, "task.answer_hops"),
+        ("pointer_chase", {"k": 12, "distinct": True}, "task.distinct"),
         ("pointer_chase", {"kk": 3}, "task.kk"),
     ],
 )

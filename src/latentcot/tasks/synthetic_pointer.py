@@ -6,7 +6,7 @@ answer is the last one: target `n2 n3 #### n3`. With `answer_hops=h` the CoT lis
 the answer step does the remaining h look-ups itself (k=2, h=1: target `n2 #### n3`). Each step is one positional look-up, which is what makes this
 learnable from scratch in seconds (SPEC section 3: 4-layer GPT-2, d=128, k=4, n=12: CoT-SFT 100%, no-CoT ~8%
 chance, Coconut with a curriculum 100%; the "answer the start node" shortcut scores ~24%, because a random
-permutation has short cycles).
+permutation has short cycles; `distinct=true` keeps only walks that never revisit a node, which removes it).
 
 `pointer_chase2` asks the same problems (same seed -> same questions and answers) but writes each CoT step as two
 tokens, so one continuous thought replacing one step compresses the reasoning (k latents for 2k CoT tokens):
@@ -39,11 +39,16 @@ class PointerChaseConfig(SyntheticConfig):
         answer_hops: hops the answer takes beyond the chain of thought's last node. 0 (default): the CoT lists all k
             visited nodes and the answer repeats the last one; h > 0: the CoT lists the first k - h nodes and the
             answer is the k-th, so the answer step itself is h look-ups (same questions and answers as h = 0).
+        distinct: only problems whose walk never comes back to a node it has seen (the start and the k visited
+            nodes all differ; the others are drawn again), so no answer can be copied from the question's start or
+            from the chain of thought: with answer_hops > 0 the "answer the start node" shortcut (right ~25% of the
+            time with n = 12, k = 4) is never right.
     """
 
     num_nodes: int = 12
     k: int = 4
     answer_hops: int = 0
+    distinct: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +58,8 @@ class PointerChaseConfig(SyntheticConfig):
         check(self.k > 0, "task.k", f"must be > 0, got {self.k}")
         check(0 <= self.answer_hops < self.k, "task.answer_hops",
               f"must be >= 0 and < k = {self.k} (the CoT keeps at least one step), got {self.answer_hops}")
+        check(not self.distinct or self.k < self.num_nodes, "task.distinct",
+              f"needs k < num_nodes (k + 1 different nodes on a walk), got k = {self.k}, num_nodes = {self.num_nodes}")
 
 
 @TASKS.register("pointer_chase")
@@ -83,6 +90,8 @@ class PointerChase(SyntheticTask):
         names = self._node_names()
         out: list[Candidate] = []
         for table, s, path in zip(tables.tolist(), starts.tolist(), visited.tolist()):
+            if self.cfg.distinct and len({s, *path}) < k + 1:
+                continue
             question = " ".join([names[v] for v in table]) + f" {QUERY} {names[s]}"
             shown = path[: k - self.cfg.answer_hops]  # the CoT's nodes (all k unless answer_hops > 0)
             steps = tuple(self._step(v, p) for v, p in zip(shown, [s, *shown[:-1]]))
