@@ -55,9 +55,9 @@ def main() -> None:
              "|---|---|---|---|---|"]
     for mode in a.modes:
         if a.smollm2:
-            from rloo_smollm2 import setting
+            from rloo_smollm2 import rollout_setting
 
-            task_values = {**setting(), "max_cot_tokens": 48, "max_answer_tokens": 8, "rollout_temperature": 0.5}
+            task_values = rollout_setting()
         else:
             task_values = {"task": "pointer_chase", "k": a.k, "num_train": 4000, "model": "scratch-gpt2:pointer_chase",
                            "init_from": a.sft, "think_end": "####", "max_cot_tokens": a.k + 2, "max_answer_tokens": 2}

@@ -49,6 +49,16 @@ def setting() -> dict:
             **{f"task.{k}": v for k, v in data["task"].items()}}
 
 
+TEMPERATURE = 0.5  # rollouts and sample-mode evaluation
+MAX_COT_TOKENS = 48
+
+
+def rollout_setting(max_cot_tokens: int = MAX_COT_TOKENS, temperature: float = TEMPERATURE) -> dict:
+    """The setting plus the rollouts' budgets and temperature (this recipe's runs and `rloo_grad_diag.py --smollm2`)."""
+    return {**setting(), "max_cot_tokens": max_cot_tokens, "max_answer_tokens": 8, "max_new_tokens": 8,
+            "rollout_temperature": temperature}
+
+
 def mean(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
@@ -64,8 +74,8 @@ def main() -> None:
     p.add_argument("--mode-steps", nargs="*", default=[], metavar="MODE=N", help="steps of one mode (over --steps)")
     p.add_argument("--prompts", type=int, default=4, help="prompts per step")
     p.add_argument("--group-size", type=int, default=4)
-    p.add_argument("--temperature", type=float, default=0.5, help="rollout and sample-mode temperature")
-    p.add_argument("--max-cot-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="rollout and sample-mode temperature")
+    p.add_argument("--max-cot-tokens", type=int, default=MAX_COT_TOKENS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=5, help="moving-average window of the plot")
     p.add_argument("--eval-limit", type=int, default=8, help="held-out (test split) questions of the six-mode eval")
@@ -79,8 +89,7 @@ def main() -> None:
 
     mode_lr = key_values(a.mode_lr, "--mode-lr", float, a.modes)
     mode_steps = key_values(a.mode_steps, "--mode-steps", int, a.modes)
-    base = {**setting(), "device": "cpu", "method": "rloo", "max_cot_tokens": a.max_cot_tokens, "max_answer_tokens": 8,
-            "max_new_tokens": 8, "rollout_temperature": a.temperature, "group_size": a.group_size,
+    base = {**rollout_setting(a.max_cot_tokens, a.temperature), "device": "cpu", "method": "rloo", "group_size": a.group_size,
             "prompts_per_step": a.prompts, "eval_every": 0, "log_every": 1, "save_every": 5,
             "run.seed": a.seed, "batch_size": 64, **key_values(a.set, "--set", str)}
     runs, rows = {}, []
