@@ -1,13 +1,19 @@
 """Per-question comparison of two evaluation runs on the same questions: both right, only A, only B, neither,
 and the exact McNemar p-value (strict answers by default; the first sample of the first seed of each question).
 
+With --all-samples (runs that draw several samples per question): each question's pass rate (the share of its
+samples, over all seeds, that are right), the mean over questions for A and B (pass@1), the mean difference B - A
+and its paired standard error (the standard deviation of the per-question differences over sqrt(questions)).
+
     python recipes/compare_runs.py runs/softcot-pair runs/softcot_pp-pair
     python recipes/compare_runs.py runs/a runs/b --mode flexible
+    python recipes/compare_runs.py runs/base-soft runs/trained-soft --all-samples
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -23,12 +29,45 @@ def correct_by_question(run: Path, mode: str) -> dict[str, bool]:
     return {str(r["id"]): bool(r[f"correct_{mode}"]) for r in recs if int(r["seed"]) == seed and int(r["sample"]) == 0}
 
 
+def pass_rate_by_question(run: Path, mode: str) -> dict[str, float]:
+    """{question id: share of its samples (every seed) whose answer is right}."""
+    recs = read_samples(run / SAMPLES)
+    if not recs:
+        sys.exit(f"compare_runs: error: {run / SAMPLES} holds no samples; evaluate first")
+    right: dict[str, list[bool]] = {}
+    for r in recs:
+        right.setdefault(str(r["id"]), []).append(bool(r[f"correct_{mode}"]))
+    return {q: sum(v) / len(v) for q, v in right.items()}
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Means of A and B over their common questions (percent), the mean difference B - A and its paired standard
+    error (sample standard deviation of the per-question differences / sqrt(n); 0 for one question)."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        sys.exit("compare_runs: error: the two runs share no question ids")
+    n = len(common)
+    diffs = [100 * (b[q] - a[q]) for q in common]
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    return {"n": n, "a": 100 * sum(a[q] for q in common) / n, "b": 100 * sum(b[q] for q in common) / n,
+            "diff": mean, "se": math.sqrt(var / n)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
     p.add_argument("--mode", choices=("strict", "flexible"), default="strict")
+    p.add_argument("--all-samples", action="store_true",
+                   help="per-question pass rates over all samples, with the paired standard error of B - A")
     args = p.parse_args()
+    if args.all_samples:
+        r = paired(pass_rate_by_question(args.a, args.mode), pass_rate_by_question(args.b, args.mode))
+        z = f" = {r['diff'] / r['se']:.1f} standard errors" if r["se"] > 0 else ""
+        print(f"{r['n']} common questions ({args.mode}, every sample): pass@1 A {r['a']:.1f}, B {r['b']:.1f}; "
+              f"B - A {r['diff']:+.1f} points, paired standard error {r['se']:.1f}{z}")
+        return
     a, b = correct_by_question(args.a, args.mode), correct_by_question(args.b, args.mode)
     common = sorted(set(a) & set(b))
     if not common:

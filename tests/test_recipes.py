@@ -145,3 +145,32 @@ def test_recipe_runs_with_smoke(path, tmp_path, shared_data):
     assert metrics["questions"] == SMOKE["limit"]
     if trains and "recipe" in _data(path):  # a file with a recipe: block evaluates what its train line trained
         assert yaml.safe_load((out / "config.yaml").read_text())["run"]["weights"] == str(out)
+
+
+def test_compare_runs_all_samples_paired_standard_error_by_hand(tmp_path):
+    """recipes/compare_runs.py --all-samples: per-question pass rates over every sample and seed, the mean
+    difference and its paired standard error, against a hand computation."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "compare_runs.py"
+    spec = importlib.util.spec_from_file_location("compare_runs", path)
+    cr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cr)
+    right = {"a": {"q1": [1, 0, 0, 0], "q2": [1, 1, 0, 0], "q3": [0, 0, 0, 0]},   # rates 1/4, 1/2, 0
+             "b": {"q1": [1, 1, 1, 0], "q2": [1, 1, 0, 0], "q3": [1, 0, 0, 0], "q4": [1, 1, 1, 1]}}  # q4 only in B
+    for run, rows in right.items():
+        (tmp_path / run).mkdir()
+        recs = [{"id": q, "seed": i // 2, "sample": i % 2, "correct_strict": bool(c)}  # two seeds x two samples
+                for q, cs in rows.items() for i, c in enumerate(cs)]
+        (tmp_path / run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    a, b = (cr.pass_rate_by_question(tmp_path / r, "strict") for r in "ab")
+    assert a == {"q1": 0.25, "q2": 0.5, "q3": 0.0} and b["q1"] == 0.75 and b["q4"] == 1.0
+    got = cr.paired(a, b)
+    # common q1..q3: A (25 + 50 + 0) / 3 = 25, B (75 + 50 + 25) / 3 = 50; differences 50, 0, 25 (mean 25),
+    # sample variance ((25^2 + 25^2 + 0) / 2) = 625, standard error sqrt(625 / 3)
+    assert got == pytest.approx({"n": 3, "a": 25.0, "b": 50.0, "diff": 25.0, "se": (625 / 3) ** 0.5})
+    out = subprocess.run([sys.executable, str(path), str(tmp_path / "a"), str(tmp_path / "b"), "--all-samples"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "3 common questions" in out and "A 25.0, B 50.0" in out and "+25.0 points" in out and "14.4" in out
