@@ -7,13 +7,14 @@ problems, soft and hard rollouts, then the six evaluation modes base vs trained.
    --temperature (0.5): with the task's zero-shot instruction alone at temperature 1 its sampled pass@1 is about
    5%, so almost every group has equal rewards (no leave-one-out signal). Measured on 16 valid questions x 4
    samples (README): 34% with this prompt at temperature 0.5.
-2. `rloo` from the plain model (no warm start) in each of --modes: --prompts prompts x --group-size samples per
+2. `rloo` from the plain model (no warm start) in each of --modes and for each of --seeds (the seed sets the prompt
+   order and the rollouts' noise): --prompts prompts x --group-size samples per
    step, --steps steps, full fine-tuning at --lr (per mode with --mode-lr), CoT ended at "The answer is" or after
    --max-cot-tokens, reward 100 / 10 / 0 from the task's strict scorer. No held-out evaluation during training
    (CPU); the reward and the rollout accuracy per step are in each run's train_log.jsonl.
-3. One plot: mean rollout reward and rollout accuracy per step, one curve per mode (OUT/rloo_curves.png, with a
-   --window-step moving average), and OUT/rloo_table.md (mean reward and accuracy over the first and the last
-   quarter of the steps).
+3. One plot: mean rollout reward and rollout accuracy per step, one curve per mode (mean over seeds, min-max band;
+   OUT/rloo_curves.png, with a --window-step moving average), and OUT/rloo_table.md (one row per mode and seed:
+   mean reward, rollout accuracy, share of groups with equal rewards and CoT length by quarter of the steps).
 4. `recipes/rloo_eval.py` on the base model and every trained run: six modes {hard, soft, fuzzy} x {greedy,
    sample}, pass@1 and pass@--samples on --eval-limit held-out (test split) questions, sample mode at
    --temperature: OUT/eval/six_modes.md.
@@ -76,7 +77,7 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="rollout and sample-mode temperature")
     p.add_argument("--max-cot-tokens", type=int, default=MAX_COT_TOKENS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and mode")
     p.add_argument("--window", type=int, default=5, help="moving-average window of the plot")
     p.add_argument("--eval-limit", type=int, default=8, help="held-out (test split) questions of the six-mode eval")
     p.add_argument("--samples", type=int, default=32, help="samples per question in sample mode (pass@k)")
@@ -91,42 +92,47 @@ def main() -> None:
     mode_steps = key_values(a.mode_steps, "--mode-steps", int, a.modes)
     base = {**rollout_setting(a.max_cot_tokens, a.temperature), "device": "cpu", "method": "rloo", "group_size": a.group_size,
             "prompts_per_step": a.prompts, "eval_every": 0, "log_every": 1, "save_every": 5,
-            "run.seed": a.seed, "batch_size": 64, **key_values(a.set, "--set", str)}
+            "batch_size": 64, **key_values(a.set, "--set", str)}
     runs, rows = {}, []
     from latentcot.analysis.rl import plot_rl_curves, read_log
 
-    for mode in a.modes:
-        run = out / f"rloo-{mode}-s{a.seed}"
-        train({**base, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr),
-               "train.max_steps": mode_steps.get(mode, a.steps)}, run, progress=True)
-        runs[mode] = [run / "train_log.jsonl"]
-        tr, _ = read_log(run / "train_log.jsonl")
+    def quarters(tr: list[dict], key: str) -> list[float]:
+        """Means of `key` over the four quarters of the steps (the last takes the remainder)."""
         q = max(1, len(tr) // 4)
-        rows.append({"mode": mode, "lr": mode_lr.get(mode, a.lr), "steps": len(tr),
-                     "reward_first": mean(tr[:q], "reward"), "reward_last": mean(tr[-q:], "reward"),
-                     "acc_first": mean(tr[:q], "accuracy"), "acc_last": mean(tr[-q:], "accuracy"),
-                     "equal_first": mean(tr[:q], "all_equal_groups"), "equal_last": mean(tr[-q:], "all_equal_groups"),
-                     "cpu_s": sum(r.get("step_s", 0.0) for r in tr)})
-    shared = min(r["steps"] for r in rows)  # every mode sees the same prompts at a step (same seed, same data order)
-    for r, mode in zip(rows, a.modes):
-        tr, _ = read_log(out / f"rloo-{mode}-s{a.seed}" / "train_log.jsonl")
+        return [mean(part, key) for part in (tr[:q], tr[q:2 * q], tr[2 * q:3 * q], tr[3 * q:]) if part]
+
+    for mode in a.modes:
+        for seed in a.seeds:
+            run = out / f"rloo-{mode}-s{seed}"
+            train({**base, "run.seed": seed, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr),
+                   "train.max_steps": mode_steps.get(mode, a.steps)}, run, progress=True)
+            runs.setdefault(mode, []).append(run / "train_log.jsonl")
+            tr, _ = read_log(run / "train_log.jsonl")
+            rows.append({"mode": mode, "seed": seed, "run": run, "lr": mode_lr.get(mode, a.lr), "steps": len(tr),
+                         "reward": quarters(tr, "reward"), "accuracy": quarters(tr, "accuracy"),
+                         "equal": quarters(tr, "all_equal_groups"), "cot_len": quarters(tr, "cot_len"),
+                         "cpu_s": sum(r.get("step_s", 0.0) for r in tr)})
+    shared = min(r["steps"] for r in rows)  # runs of one seed see the same prompts at a step (same data order)
+    for r in rows:
+        tr, _ = read_log(r.pop("run") / "train_log.jsonl")
         r["reward_shared"], r["acc_shared"] = mean(tr[:shared], "reward"), mean(tr[:shared], "accuracy")
     png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {base['model']}, word_arith (1 step, numbers <= 10)",
                          accuracy="rollout", window=a.window)
-    q = "first / last quarter of the steps"
-    lines = [f"| rollout mode | lr | steps | mean reward ({q}) | rollout accuracy % ({q}) | groups all equal ({q}) | "
-             f"mean reward / accuracy, steps 1-{shared} (same prompts in every mode) |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['mode']} | {r['lr']:g} | {r['steps']} | {r['reward_first']:.1f} -> {r['reward_last']:.1f} | "
-              f"{r['acc_first']:.1f} -> {r['acc_last']:.1f} | {r['equal_first']:.2f} -> {r['equal_last']:.2f} | "
-              f"{r['reward_shared']:.1f} / {r['acc_shared']:.1f} |" for r in rows]
+    q = "by quarter of the steps"
+    lines = [f"| rollout mode | seed | lr | steps | mean reward ({q}) | rollout accuracy % ({q}) | groups all equal "
+             f"({q}) | CoT tokens ({q}) | mean reward / accuracy, steps 1-{shared} (same prompts in every mode) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['seed']} | {r['lr']:g} | {r['steps']} | {' / '.join(f'{v:.1f}' for v in r['reward'])} | "
+              f"{' / '.join(f'{v:.1f}' for v in r['accuracy'])} | {' / '.join(f'{v:.2f}' for v in r['equal'])} | "
+              f"{' / '.join(f'{v:.1f}' for v in r['cot_len'])} | {r['reward_shared']:.1f} / {r['acc_shared']:.1f} |"
+              for r in rows]
     (out / "rloo_table.md").write_text("\n".join(lines) + "\n")
     (out / "rloo_results.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
     print(f"wrote {png}")
     if not a.no_eval:
         cmd = [sys.executable, str(Path(__file__).with_name("rloo_eval.py")),
-               *[str(out / f"rloo-{m}-s{a.seed}") for m in a.modes], "--split", "test", "--limit", str(a.eval_limit),
+               *[str(out / f"rloo-{m}-s{seed}") for m in a.modes for seed in a.seeds], "--split", "test", "--limit", str(a.eval_limit),
                "--samples", str(a.samples), "--temperature", str(a.temperature),
                "--batch-size", str(a.eval_limit * a.samples), "--out", str(out / "eval")]
         print(" ".join(cmd), flush=True)
