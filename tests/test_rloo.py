@@ -404,3 +404,43 @@ def test_pointer_chase_recipe_sft_only_evaluates_the_start_model_and_stops(tmp_p
     assert (out / "sft" / "train_summary.json").is_file()
     assert (out / "start-fuzzy" / "eval_step0" / "metrics.json").is_file()
     assert not list(out.glob("rloo-*")) and not (out / "rloo_table.md").exists()
+
+
+def test_paired_base_replays_the_runs_own_training_stream(tmp_path):
+    """recipes/rloo_paired_base.py rolls out a run's prompts with its noise seeds under other weights. On a run whose
+    weights never moved (a random tiny model earns reward 0 everywhere, so every advantage and gradient is 0) the
+    start weights are the weights of every step, so each replayed step must give the run's logged mean entropy and
+    CoT length (continuous, prompt- and noise-dependent); the same run with another seed in its config is another
+    stream, which the script's step-1 check refuses."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from latentcot.analysis.rl import read_log
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "rloo_paired_base.py"
+    run = tmp_path / "run"
+    assert main(["train", "--method", "rloo", "--model", "tiny-gpt2", "--task", "pointer_chase", "--no-progress",
+                 "--out", str(run), "rollout_mode=soft", "group_size=4", "prompts_per_step=2", "max_steps=3",
+                 "max_cot_tokens=6", "max_answer_tokens=4", "log_every=1"]) == 0
+    logged = read_log(run / "train_log.jsonl")[0]
+    assert [r["step"] for r in logged] == [1, 2, 3] and all(r["grad_norm"] == 0.0 for r in logged)
+    assert len({round(r["entropy"], 6) for r in logged}) == 3  # three different prompt sets and noise draws
+    r = subprocess.run([sys.executable, str(script), str(run), "--out", str(tmp_path / "base")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line) for line in (tmp_path / "base" / "paired.jsonl").read_text().splitlines()]
+    assert [g["step"] for g in got] == [1, 2, 3]
+    for g, want in zip(got, logged):
+        assert g["replay_entropy"] == pytest.approx(want["entropy"], rel=1e-6)
+        assert (g["replay_cot_len"], g["replay_reward"]) == (want["cot_len"], want["reward"])
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    cfg = (other / "train_config.yaml").read_text()
+    assert "\n  seeds:\n  - 0\n" in cfg
+    (other / "train_config.yaml").write_text(cfg.replace("\n  seeds:\n  - 0\n", "\n  seeds:\n  - 7\n", 1))
+    r = subprocess.run([sys.executable, str(script), str(other), "--out", str(tmp_path / "bad")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "not the run's training stream" in r.stderr, r.stderr

@@ -1,0 +1,147 @@
+"""An `rloo` run's training rewards beside the start model's on the same rollouts' prompts and noise, step by step.
+
+Each rollout step draws new prompts (the run's data order) and noise from per-row streams seeded by (run seed,
+step, question, sample), so a step's reward moves with how hard its prompts are as much as with the policy. This
+replays the run's own training stream under other weights (by default the start model: the run's `init_from`, or
+the plain model) with the same prompts and the same seeds, rollouts only (no training), and sets the two rewards
+side by side: common random numbers, so the per-step difference (run - start) leaves out the prompts' difficulty
+and most of the sampling noise. While the weights barely move the two rollouts are identical; the difference
+counts only the rollouts that the training changed.
+
+Writes OUT/paired.jsonl (one line per replayed step: the run's logged reward and accuracy, the replayed ones) and
+prints the means by quarter of the replayed steps with the standard error of the mean difference over steps.
+Step 1 is the check: replayed with the start weights (what the run rolled out with at step 1) it must give the
+run's logged reward, mean CoT length and mean entropy, or the replay is not the run's stream and the script stops.
+
+    python recipes/rloo_paired_base.py runs/rloo-smollm2-lr1e-6-120/rloo-soft-s0 --every 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import yaml
+
+# Settings that only say where a run writes or how it reports, not what its rollouts are.
+SKIP = {"run.out", "run.weights", "run.progress", "run.eval_limit"}
+
+
+def run_values(run: Path) -> dict:
+    cfg = yaml.safe_load((run / "train_config.yaml").read_text())
+    return {f"{sec}.{k}": v for sec, part in cfg.items() for k, v in part.items() if f"{sec}.{k}" not in SKIP}
+
+
+def quarter_rows(rows: list[dict]) -> list[dict]:
+    """Means of the run's and the replayed rewards by quarter of the rows, with the standard error of the mean
+    difference over steps (sample standard deviation / sqrt(steps))."""
+    q = max(1, len(rows) // 4)
+    out = []
+    for part in (rows[:q], rows[q:2 * q], rows[2 * q:3 * q], rows[3 * q:]):
+        if not part:
+            continue
+        d = [r["reward"] - r["replay_reward"] for r in part]
+        mean = sum(d) / len(d)
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else 0.0
+        out.append({"steps": f"{part[0]['step']}-{part[-1]['step']}", "n": len(part),
+                    "reward": sum(r["reward"] for r in part) / len(part),
+                    "replay": sum(r["replay_reward"] for r in part) / len(part), "diff": mean, "se": se})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a finished or running rloo run directory (train_config.yaml, train_log.jsonl)")
+    p.add_argument("--weights", default=None, help="weights to replay with (default: the run's start)")
+    p.add_argument("--every", type=int, default=1, help="replay every N-th step (1, 1+N, ...)")
+    p.add_argument("--out", type=Path, default=None, help="default: RUN/paired_base")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    from latentcot.analysis.rl import read_log
+    from latentcot.objectives.rloo import rewards_from_scores
+    from latentcot.pipeline import build, resolve
+    from latentcot.training.loop import epoch_order
+
+    if not (a.run / "train_config.yaml").is_file() or not (a.run / "train_log.jsonl").is_file():
+        print(f"error: {a.run} holds no rloo run (train_config.yaml and train_log.jsonl)", file=sys.stderr)
+        sys.exit(2)
+    values = run_values(a.run)
+    if values.get("run.method") != "rloo":
+        print(f"error: {a.run} is a {values.get('run.method')} run, not rloo", file=sys.stderr)
+        sys.exit(2)
+    logged = {r["step"]: r for r in read_log(a.run / "train_log.jsonl")[0]}
+    out = a.out or a.run / "paired_base"
+    out.mkdir(parents=True, exist_ok=True)
+
+    res = resolve({**values, "out": str(out / "unused"), "weights": a.weights, "progress": False})
+    seed = res.run.seeds[0]  # what `latentcot train` seeds the run with
+    torch.manual_seed(seed)  # the method reads the run's seed from here, as in training
+    method, task = build(res)
+    c = method.cfg
+    examples = task.load(task.train_split)
+    if res.train.train_limit:
+        examples = examples[: res.train.train_limit]
+    order = epoch_order(len(examples), 0, seed)
+    prompts = c.prompts_per_step
+    if res.train.max_steps * prompts > len(examples):
+        print("error: the run's steps span more than one epoch; not supported", file=sys.stderr)
+        sys.exit(2)
+
+    def replay_step(step: int) -> dict:
+        """The rollouts of logged step `step` (1-based) under the loaded weights: mean reward and accuracy."""
+        method.begin_step(step - 1, res.train.max_steps)
+        batch = [examples[i] for i in order[(step - 1) * prompts : step * prompts]]
+        with torch.inference_mode():
+            rows, outs, records = method.rollout_rows(batch, task)
+        scores = [task.score(ex, o.text) for ex, o in zip(rows, outs)]
+        rewards = rewards_from_scores(scores, c.reward_correct, c.reward_format, c.reward_wrong, c.reward_match)
+        acc = 100.0 * sum(bool(s[f"correct_{c.reward_match}"]) for s in scores) / len(scores)
+        ents = [e for r in records for e in r.entropies]
+        return {"replay_reward": float(rewards.mean()), "replay_accuracy": acc,
+                "replay_cot_len": sum(r.cot_steps for r in records) / len(records),
+                "replay_entropy": sum(ents) / max(1, len(ents))}
+
+    path = out / "paired.jsonl"
+    done = {json.loads(line)["step"]: json.loads(line) for line in path.read_text().splitlines()} if path.is_file() else {}
+    steps = [s for s in range(1, max(logged) + 1, a.every) if s in logged]
+    from tqdm import tqdm
+
+    with path.open("a") as f:
+        for step in tqdm(steps, desc="replay", dynamic_ncols=True):
+            if step in done:
+                continue
+            row = {"step": step, **{k: logged[step][k] for k in ("reward", "accuracy", "cot_len", "entropy")},
+                   **replay_step(step)}
+            if step == 1 and a.weights is None and (
+                    (row["replay_reward"], row["replay_cot_len"]) != (row["reward"], row["cot_len"])
+                    or abs(row["replay_entropy"] - row["entropy"]) > 1e-6 * abs(row["entropy"])):
+                print(f"error: replaying step 1 with the start weights gave reward {row['replay_reward']:.3f}, CoT "
+                      f"length {row['replay_cot_len']:.3f}, entropy {row['replay_entropy']:.5f}; the run logged "
+                      f"{row['reward']:.3f}, {row['cot_len']:.3f}, {row['entropy']:.5f}: this is not the run's "
+                      "training stream", file=sys.stderr)
+                sys.exit(1)
+            done[step] = row
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    rows = [done[s] for s in steps]
+    who = a.weights or "the start model"
+    print(f"{a.run}: logged rewards vs {who} on the same prompts and noise seeds, {len(rows)} steps (every {a.every})")
+    print("| steps | run's reward | replayed reward | run - replayed (+- standard error over steps) |")
+    print("|---|---|---|---|")
+    for q in quarter_rows(rows):
+        print(f"| {q['steps']} ({q['n']}) | {q['reward']:.1f} | {q['replay']:.1f} | {q['diff']:+.1f} +- {q['se']:.1f} |")
+    d = [r["reward"] - r["replay_reward"] for r in rows]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1) / len(d))
+    print(f"all steps: run - replayed {mean:+.1f} +- {se:.1f}; steps where the two differ: "
+          f"{sum(abs(x) > 1e-9 for x in d)} of {len(d)}")
+
+
+if __name__ == "__main__":
+    main()
