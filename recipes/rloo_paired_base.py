@@ -8,8 +8,9 @@ side by side: common random numbers, so the per-step difference (run - start) le
 and most of the sampling noise. While the weights barely move the two rollouts are identical; the difference
 counts only the rollouts that the training changed.
 
-Writes OUT/paired.jsonl (one line per replayed step: the run's logged reward and accuracy, the replayed ones) and
-prints the means by quarter of the replayed steps with the standard error of the mean difference over steps.
+Writes OUT/paired.jsonl (one line per replayed step: the run's logged reward, accuracy, CoT length and entropy, and
+the replayed ones; a re-run reuses the steps it holds), prints the means by quarter of the replayed steps with the
+standard error of the mean difference over steps, and plots both rewards and their difference (OUT/paired.png).
 Step 1 is the check: replayed with the start weights (what the run rolled out with at step 1) it must give the
 run's logged reward, mean CoT length and mean entropy, or the replay is not the run's stream and the script stops.
 
@@ -59,6 +60,7 @@ def main() -> None:
     p.add_argument("--weights", default=None, help="weights to replay with (default: the run's start)")
     p.add_argument("--every", type=int, default=1, help="replay every N-th step (1, 1+N, ...)")
     p.add_argument("--out", type=Path, default=None, help="default: RUN/paired_base")
+    p.add_argument("--window", type=int, default=5, help="moving average of the plot, in replayed steps")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -141,6 +143,26 @@ def main() -> None:
     se = math.sqrt(sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1) / len(d))
     print(f"all steps: run - replayed {mean:+.1f} +- {se:.1f}; steps where the two differ: "
           f"{sum(abs(x) > 1e-9 for x in d)} of {len(d)}")
+    from latentcot.analysis.plots import png_figure
+
+    def smooth(vals: list[float]) -> list[float]:
+        return [sum(vals[max(0, i - a.window + 1): i + 1]) / len(vals[max(0, i - a.window + 1): i + 1])
+                for i in range(len(vals))]
+
+    png = out / "paired.png"
+    with png_figure(png, (11, 4), ncols=2, suptitle=f"{a.run}: the run's rollouts vs {who}'s on the same prompts "
+                    "and noise") as (fig, (ax1, ax2)):
+        x = [r["step"] for r in rows]
+        ax1.plot(x, smooth([r["reward"] for r in rows]), label="the run (its weights at that step)")
+        ax1.plot(x, smooth([r["replay_reward"] for r in rows]), label=f"{who}")
+        ax1.set_ylabel(f"mean rollout reward ({a.window}-point moving average)")
+        ax2.plot(x, smooth(d), color="C2")
+        ax2.axhline(0.0, color="gray", lw=0.8)
+        ax2.set_ylabel(f"run - replayed ({a.window}-point moving average)")
+        for ax in (ax1, ax2):
+            ax.set_xlabel("step")
+        ax1.legend()
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":
