@@ -62,6 +62,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="default: RUN/paired_base")
     p.add_argument("--window", type=int, default=5, help="moving average of the plot, in replayed steps")
     a = p.parse_args()
+    if a.every < 1 or a.window < 1:
+        print(f"error: --every and --window must be >= 1, got {a.every} and {a.window}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(level=logging.WARNING)
     import torch
 
@@ -78,6 +81,9 @@ def main() -> None:
         print(f"error: {a.run} is a {values.get('run.method')} run, not rloo", file=sys.stderr)
         sys.exit(2)
     logged = {r["step"]: r for r in read_log(a.run / "train_log.jsonl")[0]}
+    if not logged:
+        print(f"error: {a.run / 'train_log.jsonl'} holds no logged step yet", file=sys.stderr)
+        sys.exit(2)
     out = a.out or a.run / "paired_base"
     out.mkdir(parents=True, exist_ok=True)
 

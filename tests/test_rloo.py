@@ -444,3 +444,8 @@ def test_paired_base_replays_the_runs_own_training_stream(tmp_path):
     r = subprocess.run([sys.executable, str(script), str(other), "--out", str(tmp_path / "bad")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "not the run's training stream" in r.stderr, r.stderr
+    for bad in (["--every", "0"], ["--window", "-1"]):
+        r = subprocess.run([sys.executable, str(script), str(run), "--out", str(tmp_path / "never"), *bad],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and bad[0] in r.stderr, r.stderr
+    assert not (tmp_path / "never").exists()
