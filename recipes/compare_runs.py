@@ -13,11 +13,10 @@ and its paired standard error (the standard deviation of the per-question differ
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-from latentcot.eval.metrics import mcnemar_exact
+from latentcot.eval.metrics import mcnemar_exact, mean_se
 from latentcot.eval.runner import SAMPLES, read_samples
 
 
@@ -47,11 +46,9 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     if not common:
         sys.exit("compare_runs: error: the two runs share no question ids")
     n = len(common)
-    diffs = [100 * (b[q] - a[q]) for q in common]
-    mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    diff, se = mean_se([100 * (b[q] - a[q]) for q in common])
     return {"n": n, "a": 100 * sum(a[q] for q in common) / n, "b": 100 * sum(b[q] for q in common) / n,
-            "diff": mean, "se": math.sqrt(var / n)}
+            "diff": diff, "se": se}
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""What the RLOO recipes share (`rloo_pointer_chase.py`, `rloo_smollm2.py`; run as scripts, which puts this folder
-on the import path): a training run that is resumed or reused, and the MODE=VALUE / KEY=VALUE options."""
+"""What the RLOO recipes share (`rloo_pointer_chase.py`, `rloo_smollm2.py`, `rloo_paired_base.py`; run as scripts,
+which puts this folder on the import path): a training run that is resumed or reused, the MODE=VALUE / KEY=VALUE
+options, and the quarters of a run's steps."""
 
 from __future__ import annotations
 
@@ -34,3 +35,10 @@ def key_values(items: list[str], flag: str, cast, keys: list[str] | None = None)
             print(f"error: {flag} {item!r}: write KEY=VALUE with {what} and VALUE {kind}", file=sys.stderr)
             sys.exit(2)
     return out
+
+
+def quarters(rows: list) -> list[list]:
+    """`rows` (one per step) cut into four consecutive quarters, the last taking the remainder; fewer than four
+    rows give fewer parts (every part non-empty)."""
+    q = max(1, len(rows) // 4)
+    return [part for part in (rows[:q], rows[q:2 * q], rows[2 * q:3 * q], rows[3 * q:]) if part]

@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 import yaml
+from rloo_common import quarters
+
+from latentcot.eval.metrics import mean_se
 
 # Settings that only say where a run writes or how it reports, not what its rollouts are.
 SKIP = {"run.out", "run.weights", "run.progress", "run.eval_limit"}
@@ -38,19 +40,14 @@ def run_values(run: Path) -> dict:
 
 
 def quarter_rows(rows: list[dict]) -> list[dict]:
-    """Means of the run's and the replayed rewards by quarter of the rows, with the standard error of the mean
-    difference over steps (sample standard deviation / sqrt(steps))."""
-    q = max(1, len(rows) // 4)
+    """Means of the run's and the replayed rewards by quarter of the rows, with the standard error over steps of the
+    mean difference."""
     out = []
-    for part in (rows[:q], rows[q:2 * q], rows[2 * q:3 * q], rows[3 * q:]):
-        if not part:
-            continue
-        d = [r["reward"] - r["replay_reward"] for r in part]
-        mean = sum(d) / len(d)
-        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else 0.0
+    for part in quarters(rows):
+        diff, se = mean_se([r["reward"] - r["replay_reward"] for r in part])
         out.append({"steps": f"{part[0]['step']}-{part[-1]['step']}", "n": len(part),
                     "reward": sum(r["reward"] for r in part) / len(part),
-                    "replay": sum(r["replay_reward"] for r in part) / len(part), "diff": mean, "se": se})
+                    "replay": sum(r["replay_reward"] for r in part) / len(part), "diff": diff, "se": se})
     return out
 
 
@@ -69,7 +66,6 @@ def main() -> None:
     import torch
 
     from latentcot.analysis.rl import read_log
-    from latentcot.objectives.rloo import rewards_from_scores
     from latentcot.pipeline import build, resolve
     from latentcot.training.loop import epoch_order
 
@@ -102,18 +98,12 @@ def main() -> None:
         sys.exit(2)
 
     def replay_step(step: int) -> dict:
-        """The rollouts of logged step `step` (1-based) under the loaded weights: mean reward and accuracy."""
+        """The rollouts of logged step `step` (1-based) under the loaded weights, scored as training logs them."""
         method.begin_step(step - 1, res.train.max_steps)
         batch = [examples[i] for i in order[(step - 1) * prompts : step * prompts]]
         with torch.inference_mode():
-            rows, outs, records = method.rollout_rows(batch, task)
-        scores = [task.score(ex, o.text) for ex, o in zip(rows, outs)]
-        rewards = rewards_from_scores(scores, c.reward_correct, c.reward_format, c.reward_wrong, c.reward_match)
-        acc = 100.0 * sum(bool(s[f"correct_{c.reward_match}"]) for s in scores) / len(scores)
-        ents = [e for r in records for e in r.entropies]
-        return {"replay_reward": float(rewards.mean()), "replay_accuracy": acc,
-                "replay_cot_len": sum(r.cot_steps for r in records) / len(records),
-                "replay_entropy": sum(ents) / max(1, len(ents))}
+            _, _, logs = method.scored_rollouts(batch, task)
+        return {f"replay_{k}": logs[k] for k in ("reward", "accuracy", "cot_len", "entropy")}
 
     path = out / "paired.jsonl"
     done = {json.loads(line)["step"]: json.loads(line) for line in path.read_text().splitlines()} if path.is_file() else {}
@@ -145,8 +135,7 @@ def main() -> None:
     for q in quarter_rows(rows):
         print(f"| {q['steps']} ({q['n']}) | {q['reward']:.1f} | {q['replay']:.1f} | {q['diff']:+.1f} +- {q['se']:.1f} |")
     d = [r["reward"] - r["replay_reward"] for r in rows]
-    mean = sum(d) / len(d)
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1) / len(d))
+    mean, se = mean_se(d)
     print(f"all steps: run - replayed {mean:+.1f} +- {se:.1f}; steps where the two differ: "
           f"{sum(abs(x) > 1e-9 for x in d)} of {len(d)}")
     from latentcot.analysis.plots import png_figure

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from rloo_common import key_values, train
+from rloo_common import key_values, quarters, train
 
 SETTING = Path(__file__).with_name("rloo_smollm2_word_arith.yaml")  # the task, the prompt, the CoT budget
 
@@ -96,10 +96,8 @@ def main() -> None:
     runs, rows = {}, []
     from latentcot.analysis.rl import plot_rl_curves, read_log
 
-    def quarters(tr: list[dict], key: str) -> list[float]:
-        """Means of `key` over the four quarters of the steps (the last takes the remainder)."""
-        q = max(1, len(tr) // 4)
-        return [mean(part, key) for part in (tr[:q], tr[q:2 * q], tr[2 * q:3 * q], tr[3 * q:]) if part]
+    def by_quarter(tr: list[dict], key: str) -> list[float]:
+        return [mean(part, key) for part in quarters(tr)]
 
     for mode in a.modes:
         for seed in a.seeds:
@@ -109,8 +107,8 @@ def main() -> None:
             runs.setdefault(mode, []).append(run / "train_log.jsonl")
             tr, _ = read_log(run / "train_log.jsonl")
             rows.append({"mode": mode, "seed": seed, "run": run, "lr": mode_lr.get(mode, a.lr), "steps": len(tr),
-                         "reward": quarters(tr, "reward"), "accuracy": quarters(tr, "accuracy"),
-                         "equal": quarters(tr, "all_equal_groups"), "cot_len": quarters(tr, "cot_len"),
+                         "reward": by_quarter(tr, "reward"), "accuracy": by_quarter(tr, "accuracy"),
+                         "equal": by_quarter(tr, "all_equal_groups"), "cot_len": by_quarter(tr, "cot_len"),
                          "cpu_s": sum(r.get("step_s", 0.0) for r in tr)})
     shared = min(r["steps"] for r in rows)  # runs of one seed see the same prompts at a step (same data order)
     for r in rows:

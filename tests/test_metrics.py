@@ -44,3 +44,13 @@ def test_compute_metrics_over_seeds_and_samples():
     assert m["sc@2_strict"]["mean"] == pytest.approx(75.0)
     assert m["questions"] == 2 and m["samples"] == 8 and m["decode_steps"]["mean"] == 12
     assert m["seconds_per_question"] == pytest.approx(1.0)
+
+
+def test_mean_se_by_hand():
+    from latentcot.eval.metrics import mean_se
+
+    # 1, 2, 6: mean 3, sample variance ((4 + 1 + 9) / 2) = 7, standard error sqrt(7 / 3)
+    assert mean_se([1.0, 2.0, 6.0]) == pytest.approx((3.0, (7 / 3) ** 0.5))
+    assert mean_se([4.0]) == (4.0, 0.0)
+    with pytest.raises(ValueError):
+        mean_se([])

@@ -54,6 +54,15 @@ def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool
     return groups[min(i for i, c in counts.items() if c == best)]
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and its standard error (sample standard deviation / sqrt(n); 0 for one value)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_se needs at least one value")
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0)
+
+
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
     if not values or any(math.isnan(v) for v in values):  # pstdev raises on NaN (e.g. no timings per seed)
         return {"mean": float("nan"), "std": float("nan")}

@@ -240,13 +240,30 @@ class RLOO(SoftTokens):
             with self.backbone.model.disable_adapter():  # LoRA: the base model is the start policy
                 return replay(self.backbone, *args)
 
+    def scored_rollouts(self, examples: Sequence[Example], task: Task):
+        """`rollout_rows` scored by the task: (records, rewards (N,), logs of the rollouts: reward, reward_std,
+        all_equal_groups, accuracy, cot_len, entropy). What a training step logs about its rollouts, and what
+        `recipes/rloo_paired_base.py` computes when it replays a run's steps under other weights."""
+        c: RLOOConfig = self.cfg
+        rows, outs, records = self.rollout_rows(examples, task)
+        scores = [task.score(ex, o.text) for ex, o in zip(rows, outs)]
+        rewards = rewards_from_scores(scores, c.reward_correct, c.reward_format, c.reward_wrong, c.reward_match)
+        ents = [e for r in records for e in r.entropies]
+        logs = {
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "all_equal_groups": all_equal_share(rewards.view(len(examples), c.group_size)),
+            "accuracy": 100.0 * sum(bool(s[f"correct_{c.reward_match}"]) for s in scores) / len(scores),
+            "cot_len": sum(r.cot_steps for r in records) / len(records),
+            "entropy": sum(ents) / max(1, len(ents)),
+        }
+        return records, rewards, logs
+
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         c: RLOOConfig = self.cfg
         t0 = time.perf_counter()
-        rows, outs, records = self.rollout_rows(examples, task)
+        records, rewards, rollout_logs = self.scored_rollouts(examples, task)
         t1 = time.perf_counter()
-        scores = [task.score(ex, o.text) for ex, o in zip(rows, outs)]
-        rewards = rewards_from_scores(scores, c.reward_correct, c.reward_format, c.reward_wrong, c.reward_match)
         grouped = rewards.view(len(examples), c.group_size)  # (P', G)
         adv = rloo_advantages(grouped, c.normalize_advantages).flatten().to(self.backbone.device)  # (N,)
         rep = self.replay(records)
@@ -258,20 +275,14 @@ class RLOO(SoftTokens):
             kl = per_row.mean()
             loss = loss + c.kl_coef * kl
             logs["kl"] = float(kl.detach())
-        ents = [e for r in records for e in r.entropies]
         logs.update({
             "loss": float(loss.detach()),
-            "reward": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
-            "all_equal_groups": all_equal_share(grouped),
-            "accuracy": 100.0 * sum(bool(s[f"correct_{c.reward_match}"]) for s in scores) / len(scores),
-            "cot_len": sum(r.cot_steps for r in records) / len(records),
-            "entropy": sum(ents) / max(1, len(ents)),
+            **rollout_logs,
             "logp": float(rep.logp.detach().mean()),
             "rollout_s": t1 - t0,
             "step_s": time.perf_counter() - t0,
         })
-        return LossOutput(loss, logs, weight=float(len(rows)))
+        return LossOutput(loss, logs, weight=float(len(records)))
 
     def finish_training(self, out_dir: Path) -> None:
         """Draws reward and accuracy over steps (rollout and held-out) from train_log.jsonl."""
