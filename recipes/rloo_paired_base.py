@@ -13,6 +13,8 @@ the replayed ones; a re-run reuses the steps it holds), prints the means by quar
 standard error of the mean difference over steps, and plots both rewards and their difference (OUT/paired.png).
 Step 1 is the check: replayed with the start weights (what the run rolled out with at step 1) it must give the
 run's logged reward, mean CoT length and mean entropy, or the replay is not the run's stream and the script stops.
+Rollouts go in the run's micro-batches (`micro_batch`): a matrix product's last bits depend on the batch, and over
+a long soft CoT one flipped sample is enough to part two rollouts.
 
     python recipes/rloo_paired_base.py runs/rloo-smollm2-lr1e-6-120/rloo-soft-s0 --every 2
 """
@@ -93,6 +95,7 @@ def main() -> None:
         examples = examples[: res.train.train_limit]
     order = epoch_order(len(examples), 0, seed)
     prompts = c.prompts_per_step
+    micro = (c.micro_batch or prompts * c.group_size) // c.group_size  # prompts per forward, as the run rolled out
     if res.train.max_steps * prompts > len(examples):
         print("error: the run's steps span more than one epoch; not supported", file=sys.stderr)
         sys.exit(2)
@@ -101,9 +104,15 @@ def main() -> None:
         """The rollouts of logged step `step` (1-based) under the loaded weights, scored as training logs them."""
         method.begin_step(step - 1, res.train.max_steps)
         batch = [examples[i] for i in order[(step - 1) * prompts : step * prompts]]
-        with torch.inference_mode():
-            _, _, logs = method.scored_rollouts(batch, task)
-        return {f"replay_{k}": logs[k] for k in ("reward", "accuracy", "cot_len", "entropy")}
+        keys = ("reward", "accuracy", "cot_len", "entropy")
+        sums, total = dict.fromkeys(keys, 0.0), 0.0
+        with torch.inference_mode():  # the run's micro-batches, their logs weighted by rows as the training loop does
+            for i in range(0, len(batch), micro):
+                records, _, logs = method.scored_rollouts(batch[i : i + micro], task)
+                total += float(len(records))
+                for k in keys:
+                    sums[k] += logs[k] * float(len(records))
+        return {f"replay_{k}": sums[k] / total for k in keys}
 
     path = out / "paired.jsonl"
     done = {json.loads(line)["step"]: json.loads(line) for line in path.read_text().splitlines()} if path.is_file() else {}
