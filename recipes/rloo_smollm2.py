@@ -14,7 +14,8 @@ problems, soft and hard rollouts, then the six evaluation modes base vs trained.
    (CPU); the reward and the rollout accuracy per step are in each run's train_log.jsonl.
 3. One plot: mean rollout reward and rollout accuracy per step, one curve per mode (mean over seeds, min-max band;
    OUT/rloo_curves.png, with a --window-step moving average), and OUT/rloo_table.md (one row per mode and seed:
-   mean reward, rollout accuracy, share of groups with equal rewards and CoT length by quarter of the steps).
+   mean reward, rollout accuracy, share of groups with equal rewards, CoT length and, with kl_coef > 0, the KL to
+   the start policy, by quarter of the steps).
 4. `recipes/rloo_eval.py` on the base model and every trained run: six modes {hard, soft, fuzzy} x {greedy,
    sample}, pass@1 and pass@--samples on --eval-limit held-out (test split) questions, sample mode at
    --temperature: OUT/eval/six_modes.md.
@@ -109,6 +110,7 @@ def main() -> None:
             rows.append({"mode": mode, "seed": seed, "run": run, "lr": mode_lr.get(mode, a.lr), "steps": len(tr),
                          "reward": by_quarter(tr, "reward"), "accuracy": by_quarter(tr, "accuracy"),
                          "equal": by_quarter(tr, "all_equal_groups"), "cot_len": by_quarter(tr, "cot_len"),
+                         "kl": by_quarter(tr, "kl") if all("kl" in r for r in tr) else None,
                          "cpu_s": sum(r.get("step_s", 0.0) for r in tr)})
     shared = min(r["steps"] for r in rows)  # runs of one seed see the same prompts at a step (same data order)
     for r in rows:
@@ -117,12 +119,16 @@ def main() -> None:
     png = plot_rl_curves(runs, out / "rloo_curves.png", f"RLOO on {base['model']}, word_arith (1 step, numbers <= 10)",
                          accuracy="rollout", window=a.window)
     q = "by quarter of the steps"
+    kl = any(r["kl"] is not None for r in rows)  # runs with kl_coef > 0 log the KL to the start policy
     lines = [f"| rollout mode | seed | lr | steps | mean reward ({q}) | rollout accuracy % ({q}) | groups all equal "
-             f"({q}) | CoT tokens ({q}) | mean reward / accuracy, steps 1-{shared} (same prompts in every mode) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"({q}) | CoT tokens ({q}) |" + (f" KL to the start policy, nats per rollout ({q}) |" if kl else "")
+             + f" mean reward / accuracy, steps 1-{shared} (same prompts in every mode) |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if kl else "")]
     lines += [f"| {r['mode']} | {r['seed']} | {r['lr']:g} | {r['steps']} | {' / '.join(f'{v:.1f}' for v in r['reward'])} | "
               f"{' / '.join(f'{v:.1f}' for v in r['accuracy'])} | {' / '.join(f'{v:.2f}' for v in r['equal'])} | "
-              f"{' / '.join(f'{v:.1f}' for v in r['cot_len'])} | {r['reward_shared']:.1f} / {r['acc_shared']:.1f} |"
+              f"{' / '.join(f'{v:.1f}' for v in r['cot_len'])} | "
+              + (f"{' / '.join(f'{v:.1f}' for v in r['kl']) if r['kl'] else '-'} | " if kl else "")
+              + f"{r['reward_shared']:.1f} / {r['acc_shared']:.1f} |"
               for r in rows]
     (out / "rloo_table.md").write_text("\n".join(lines) + "\n")
     (out / "rloo_results.json").write_text(json.dumps(rows, indent=1))
