@@ -14,7 +14,8 @@ standard error of the mean difference over steps, and plots both rewards and the
 Step 1 is the check: replayed with the start weights (what the run rolled out with at step 1) it must give the
 run's logged reward, mean CoT length and mean entropy, or the replay is not the run's stream and the script stops.
 Rollouts go in the run's micro-batches (`micro_batch`): a matrix product's last bits depend on the batch, and over
-a long soft CoT one flipped sample is enough to part two rollouts.
+a long soft CoT one flipped sample is enough to part two rollouts. The thread count does the same: run the replay
+with the run's (OMP_NUM_THREADS=1 for the README's runs; with 2 threads seed 1's step 1 fails the check).
 
     python recipes/rloo_paired_base.py runs/rloo-smollm2-lr1e-6-120/rloo-soft-s0 --every 2
 """
@@ -95,7 +96,7 @@ def main() -> None:
         examples = examples[: res.train.train_limit]
     order = epoch_order(len(examples), 0, seed)
     prompts = c.prompts_per_step
-    micro = (c.micro_batch or prompts * c.group_size) // c.group_size  # prompts per forward, as the run rolled out
+    micro = method.train_config(res.train).train_batch_size  # prompts per micro-batch, as the training loop cut them
     if res.train.max_steps * prompts > len(examples):
         print("error: the run's steps span more than one epoch; not supported", file=sys.stderr)
         sys.exit(2)
