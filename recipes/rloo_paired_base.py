@@ -70,7 +70,7 @@ def main() -> None:
 
     from latentcot.analysis.rl import read_log
     from latentcot.pipeline import build, resolve
-    from latentcot.training.loop import epoch_order
+    from latentcot.training.loop import BatchStream
 
     if not (a.run / "train_config.yaml").is_file() or not (a.run / "train_log.jsonl").is_file():
         print(f"error: {a.run} holds no rloo run (train_config.yaml and train_log.jsonl)", file=sys.stderr)
@@ -90,26 +90,21 @@ def main() -> None:
     seed = res.run.seeds[0]  # what `latentcot train` seeds the run with
     torch.manual_seed(seed)  # the method reads the run's seed from here, as in training
     method, task = build(res)
-    c = method.cfg
     examples = task.load(task.train_split)
     if res.train.train_limit:
         examples = examples[: res.train.train_limit]
-    order = epoch_order(len(examples), 0, seed)
-    prompts = c.prompts_per_step
-    micro = method.train_config(res.train).train_batch_size  # prompts per micro-batch, as the training loop cut them
-    if res.train.max_steps * prompts > len(examples):
-        print("error: the run's steps span more than one epoch; not supported", file=sys.stderr)
-        sys.exit(2)
+    tc = method.train_config(res.train)  # the batching the training loop ran with (micro-batches of prompts)
+    stream = BatchStream(len(examples), tc.train_batch_size, tc.grad_accum, seed)  # the loop's own data order
+    step_batches = [stream.next_step() for _ in range(max(logged))]  # [step - 1] -> that step's micro-batches
 
     def replay_step(step: int) -> dict:
         """The rollouts of logged step `step` (1-based) under the loaded weights, scored as training logs them."""
         method.begin_step(step - 1, res.train.max_steps)
-        batch = [examples[i] for i in order[(step - 1) * prompts : step * prompts]]
         keys = ("reward", "accuracy", "cot_len", "entropy")
         sums, total = dict.fromkeys(keys, 0.0), 0.0
         with torch.inference_mode():  # the run's micro-batches, their logs weighted by rows as the training loop does
-            for i in range(0, len(batch), micro):
-                records, _, logs = method.scored_rollouts(batch[i : i + micro], task)
+            for part in step_batches[step - 1]:
+                records, _, logs = method.scored_rollouts([examples[i] for i in part], task)
                 total += float(len(records))
                 for k in keys:
                     sums[k] += logs[k] * float(len(records))

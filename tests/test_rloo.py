@@ -446,11 +446,14 @@ def test_paired_base_replays_the_runs_own_training_stream(tmp_path):
     assert r.returncode == 1 and "not the run's training stream" in r.stderr, r.stderr
     # A run that rolled out in micro-batches (one prompt's group each) logged the rows-weighted mean of their logs;
     # the replay rolls out in the same micro-batches (on smollm2 a soft rollout of 8 rows and one of 16 can part in
-    # a sampled token; this tiny model's cannot, so here only the chunked path is checked against the log).
+    # a sampled token; this tiny model's cannot, so here only the chunked path is checked against the log). With 5
+    # training prompts the run's third step starts a second epoch after its first micro-batch: the replay walks the
+    # training loop's own data order (BatchStream) across it.
     mb = tmp_path / "mb"
     assert main(["train", "--method", "rloo", "--model", "tiny-gpt2", "--task", "pointer_chase", "--no-progress",
-                 "--out", str(mb), "rollout_mode=soft", "group_size=4", "prompts_per_step=2", "max_steps=2",
-                 "max_cot_tokens=6", "max_answer_tokens=4", "log_every=1", "micro_batch=4"]) == 0
+                 "--out", str(mb), "rollout_mode=soft", "group_size=4", "prompts_per_step=2", "max_steps=3",
+                 "max_cot_tokens=6", "max_answer_tokens=4", "log_every=1", "micro_batch=4", "train_limit=5"]) == 0
+    assert [r["epoch"] for r in read_log(mb / "train_log.jsonl")[0]] == [0, 0, 1]
     r = subprocess.run([sys.executable, str(script), str(mb), "--out", str(tmp_path / "mb-base")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

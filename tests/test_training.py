@@ -11,7 +11,7 @@ from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
 from latentcot.training.checkpoint import load_weights
-from latentcot.training.loop import TrainConfig, lr_factor, train
+from latentcot.training.loop import BatchStream, TrainConfig, epoch_order, lr_factor, train
 
 
 def _method(name="cot_sft", **settings):
@@ -78,6 +78,24 @@ def test_lr_schedule():
     assert lr_factor(1, 10, 2, "linear") == 1.0
     assert lr_factor(10, 10, 0, "linear") == 0.0
     assert abs(lr_factor(5, 10, 0, "cosine") - 0.5) < 1e-9
+
+
+def test_batch_stream_walks_the_epochs_as_written_out_by_hand():
+    """10 examples, micro-batches of 2 on each of 2 processes (4 per micro-batch), 2 micro-batches per step: step 1
+    takes positions 0-3 and 4-7 of epoch 0's permutation, process r the r-th pair of each; the next micro-batch
+    would need positions 8-11 of 10, so step 2 starts epoch 1 (the tail 8-9 is dropped). One process with
+    micro-batches of 4 sees the two processes' pairs joined. A stream rebuilt from the state after step 1 (what a
+    checkpoint records) continues as the uninterrupted one."""
+    o0, o1 = epoch_order(10, 0, 3), epoch_order(10, 1, 3)
+    assert o0 != o1
+    for r in (0, 1):
+        s = BatchStream(10, 2, 2, 3, world=2, rank=r)
+        assert s.next_step() == [o0[2 * r : 2 * r + 2], o0[4 + 2 * r : 6 + 2 * r]] and (s.epoch, s.pos) == (0, 8)
+        resumed = BatchStream(10, 2, 2, 3, world=2, rank=r, epoch=0, pos=8)
+        want = [o1[2 * r : 2 * r + 2], o1[4 + 2 * r : 6 + 2 * r]]
+        assert s.next_step() == want and resumed.next_step() == want and (s.epoch, s.pos) == (1, 8)
+    one = BatchStream(10, 4, 2, 3)
+    assert one.next_step() == [o0[0:4], o0[4:8]] and one.next_step() == [o1[0:4], o1[4:8]]
 
 
 def test_grad_accumulation_4x1_equals_1x4_for_coconut_and_codi(tmp_path, arith_task):

@@ -112,6 +112,36 @@ def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+class BatchStream:
+    """Which examples each optimizer step trains on: the one definition of a run's data order.
+
+    Each step takes `grad_accum` micro-batches; a micro-batch spans `micro` examples of every one of `world`
+    processes, consecutive in the epoch's permutation (`epoch_order`), process `rank` taking the rank-th slice. A
+    micro-batch that would run past the end of the epoch starts the next one (the tail is dropped). (epoch, pos) is
+    the whole state: a run checkpoints it and resumes from it, and a replay of a run's steps (e.g.
+    `recipes/rloo_paired_base.py`) walks the same stream from (0, 0).
+    """
+
+    def __init__(self, n: int, micro: int, grad_accum: int, seed: int, world: int = 1, rank: int = 0,
+                 epoch: int = 0, pos: int = 0) -> None:
+        self.n, self.micro, self.grad_accum, self.seed, self.world, self.rank = n, micro, grad_accum, seed, world, rank
+        self.epoch, self.pos = epoch, pos
+        self.order = epoch_order(n, epoch, seed)
+
+    def next_step(self) -> list[list[int]]:
+        """This process's micro-batches (example indices) of the next optimizer step; advances the stream."""
+        batches = []
+        span = self.micro * self.world  # one micro-batch of every process
+        for _ in range(self.grad_accum):
+            if self.pos + span > self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self.order = epoch_order(self.n, self.epoch, self.seed)
+            mine = self.pos + self.rank * self.micro
+            batches.append(self.order[mine : mine + self.micro])
+            self.pos += span
+        return batches
+
+
 def make_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for _, p in method.trainable_parameters()]
     if not params:
@@ -189,7 +219,7 @@ def train(
     model = rt.wrap(method)  # what is called: the method, or its DDP / FSDP wrapper
     opt = rt.optimizer(opt)
     method.train()
-    order = epoch_order(n, epoch, seed)
+    stream = BatchStream(n, micro, cfg.grad_accum, seed, rt.world, rt.rank, epoch, pos)
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=f"train {method.name}",
                disable=not progress or not rt.is_main, dynamic_ncols=True)
@@ -218,15 +248,8 @@ def train(
         opt.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         total_weight = 0.0
-        batches = []
-        for _ in range(cfg.grad_accum):
-            span = micro * rt.world  # one micro-batch of every process
-            if pos + span > n:
-                epoch, pos = epoch + 1, 0
-                order = epoch_order(n, epoch, seed)
-            mine = pos + rt.rank * micro
-            batches.append([examples[i] for i in order[mine : mine + micro]])
-            pos += span
+        batches = [[examples[i] for i in part] for part in stream.next_step()]
+        epoch, pos = stream.epoch, stream.pos
         # A loss whose terms are means over different units (CODI) is normalised by the step's totals over every
         # process, counted before any forward; each micro-batch's loss is then its share of the step's mean.
         units = method.step_units(batches, task)
