@@ -69,7 +69,8 @@ def main() -> None:
     import torch
 
     from latentcot.analysis.rl import read_log
-    from latentcot.pipeline import build, resolve
+    from latentcot.pipeline import build, resolve, training_examples
+    from latentcot.training.distributed import split_global_batch
     from latentcot.training.loop import BatchStream
 
     if not (a.run / "train_config.yaml").is_file() or not (a.run / "train_log.jsonl").is_file():
@@ -90,11 +91,10 @@ def main() -> None:
     seed = res.run.seeds[0]  # what `latentcot train` seeds the run with
     torch.manual_seed(seed)  # the method reads the run's seed from here, as in training
     method, task = build(res)
-    examples = task.load(task.train_split)
-    if res.train.train_limit:
-        examples = examples[: res.train.train_limit]
+    examples = training_examples(res, task)  # what the run trained on
     tc = method.train_config(res.train)  # the batching the training loop ran with (micro-batches of prompts)
-    stream = BatchStream(len(examples), tc.train_batch_size, tc.grad_accum, seed)  # the loop's own data order
+    micro, _ = split_global_batch(tc.global_batch_size, tc.train_batch_size, tc.grad_accum, 1)  # one process
+    stream = BatchStream(len(examples), micro, tc.grad_accum, seed)  # the loop's own data order
     step_batches = [stream.next_step() for _ in range(max(logged))]  # [step - 1] -> that step's micro-batches
 
     def replay_step(step: int) -> dict:

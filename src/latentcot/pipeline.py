@@ -380,6 +380,19 @@ def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None 
                             res.run.progress, refill=refill)
 
 
+def training_examples(res: Resolved, task: Task) -> list[Example]:
+    """What `latentcot train` trains on: the task's training split, cut to `train_limit` (DataError if none)."""
+    split = task.train_split
+    if split is None:
+        raise DataError(f"task {task.name} has no training split: train on a task that has one (see `latentcot ls tasks`)")
+    examples = task.load(split)
+    if res.train.train_limit:
+        examples = examples[: res.train.train_limit]
+    if not examples:
+        raise DataError(f"task {task.name} split {split} has no examples to train on")
+    return examples
+
+
 def train_run(res: Resolved, method: Method | None = None, task: Task | None = None) -> dict[str, Any]:
     """`latentcot train`: trains on the task's train split, resuming from the output directory's checkpoint."""
     import torch
@@ -394,14 +407,7 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
         method, task = build(res)
     if not method.trains:
         raise ConfigError(f"method {method.name!r} is training-free: use `latentcot eval`")
-    split = task.train_split
-    if split is None:
-        raise DataError(f"task {task.name} has no training split: train on a task that has one (see `latentcot ls tasks`)")
-    examples = task.load(split)
-    if res.train.train_limit:
-        examples = examples[: res.train.train_limit]
-    if not examples:
-        raise DataError(f"task {task.name} split {split} has no examples to train on")
+    examples = training_examples(res, task)
     method.check_train_examples(examples, task)
     from latentcot.training.checkpoint import check_checkpoint
 
