@@ -16,6 +16,7 @@ from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
 from latentcot.objectives.rloo import kl_k3, policy_loss, rewards_from_scores, rloo_advantages
+from latentcot.training.distributed import split_global_batch
 from latentcot.training.loop import TrainConfig, train
 from latentcot.training.rollout import GAUSS, TOKEN, RolloutRecord, replay
 
@@ -267,6 +268,7 @@ def test_killed_and_resumed_rloo_run_is_bit_identical(tmp_path, arith_task, mode
     ("rollout_mode=sharp", "rollout_mode"),
     ("reward_match=loose", "reward_match"),
     ("freeze_embeddings=true lora_r=4", "freeze_embeddings"),
+    ("global_batch_size=4", "global_batch_size"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, setting, field):
     out = tmp_path / "run"
@@ -278,6 +280,19 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, setting, fi
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and field in err[0], err
     assert not out.exists()
+
+
+def test_global_batch_size_is_accepted_only_as_the_groups_give_it():
+    from latentcot.errors import ConfigError
+
+    m = _rloo("tiny-gpt2", group_size=2, prompts_per_step=4, micro_batch=4)
+    derived = m.train_config(TrainConfig(max_steps=1))
+    assert (derived.train_batch_size, derived.grad_accum) == (2, 2)
+    same = m.train_config(TrainConfig(max_steps=1, global_batch_size=4))  # 4 prompts per step: what the groups give
+    assert (same.train_batch_size, same.grad_accum) == (2, 2)
+    assert split_global_batch(same.global_batch_size, same.train_batch_size, same.grad_accum, 1) == (2, 4)
+    with pytest.raises(ConfigError, match="global_batch_size.*prompts_per_step=4"):
+        m.train_config(TrainConfig(max_steps=1, global_batch_size=8))
 
 
 # --- the word-problem task and the RL diagnostics ----------------------------------------------------------------

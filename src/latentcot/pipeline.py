@@ -409,6 +409,7 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
         raise ConfigError(f"method {method.name!r} is training-free: use `latentcot eval`")
     examples = training_examples(res, task)
     method.check_train_examples(examples, task)
+    train_cfg = method.train_config(res.train)  # a method may set (and refuse) batching: before anything is written
     from latentcot.training.checkpoint import check_checkpoint
 
     check_checkpoint(out / "checkpoint")
@@ -424,7 +425,7 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
             m = evaluate(method, task, held, GenerationConfig(max_new_tokens=res.generation.max_new_tokens), [0], out / f"eval_step{step}", res.run.batch_size, False)
             return {k: m[k]["mean"] for k in ("accuracy_strict", "accuracy_flexible")}
 
-    summary = train(method, task, examples, method.train_config(res.train), out, res.run.seeds[0], evaluate_fn, res.run.progress)
+    summary = train(method, task, examples, train_cfg, out, res.run.seeds[0], evaluate_fn, res.run.progress)
     if not summary.get("stopped_early"):
         method.finish_training(out)
     return summary

@@ -33,6 +33,7 @@ import torch
 from latentcot.config import check
 from latentcot.decoding.controllers import ThoughtInputs
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens, row_seed
+from latentcot.errors import ConfigError
 from latentcot.methods.base import LossOutput, register
 from latentcot.methods.sft import apply_lora
 from latentcot.methods.soft_tokens import MODES, SoftTokens, SoftTokensConfig
@@ -47,6 +48,7 @@ from latentcot.objectives.rloo import (
     rloo_advantages,
 )
 from latentcot.tasks.base import Example, Extracted, Task
+from latentcot.training.distributed import launched_world_size
 from latentcot.training.rollout import replay, rollout
 
 log = logging.getLogger(__name__)
@@ -198,6 +200,12 @@ class RLOO(SoftTokens):
         c: RLOOConfig = self.cfg
         rows = c.prompts_per_step * c.group_size
         mb = c.micro_batch or rows
+        world = launched_world_size()
+        if cfg.global_batch_size not in (0, c.prompts_per_step * world):
+            raise ConfigError(
+                f"global_batch_size: rloo takes prompts_per_step={c.prompts_per_step} prompts per step on each of "
+                f"{world} process(es), so a step holds {c.prompts_per_step * world}, not {cfg.global_batch_size}: "
+                f"set prompts_per_step (and group_size, micro_batch) instead and leave global_batch_size at 0")
         new = dataclasses.replace(cfg, train_batch_size=mb // c.group_size, grad_accum=rows // mb)
         if (cfg.train_batch_size, cfg.grad_accum) != (new.train_batch_size, new.grad_accum):
             log.info("rloo: train_batch_size=%d grad_accum=%d (from prompts_per_step, group_size, micro_batch)",
