@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--ood-task", default=None, help="another task for retention (mean gold NLL)")
     p.add_argument("--ood-limit", type=int, default=100)
     p.add_argument("--ood-settings", nargs="*", default=[], help="key=value task settings of the OOD task")
+    p.add_argument("--ood-batch-size", type=int, default=8,
+                   help="rows per teacher-forced forward of the OOD NLL (its logits are rows x length x vocabulary)")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from latentcot.analysis.rl import entropy_profile, gold_nll, plot_entropy_profiles
@@ -76,7 +78,7 @@ def main() -> None:
             res = resolve({**values, "weights": weights, "progress": False})
             method, _ = build(res)
             ood = get_task(a.ood_task, **dict(s.split("=", 1) for s in a.ood_settings))
-            nll = gold_nll(method, ood, select_examples(ood, None, 0, a.ood_limit), a.batch_size)
+            nll = gold_nll(method, ood, select_examples(ood, None, 0, a.ood_limit), a.ood_batch_size)
         for mode in a.modes:
             row = {"model": label, "mode": mode, "ood_nll": nll}
             for dec, settings in decoding.items():

@@ -421,6 +421,48 @@ def test_pointer_chase_recipe_sft_only_evaluates_the_start_model_and_stops(tmp_p
     assert not list(out.glob("rloo-*")) and not (out / "rloo_table.md").exists()
 
 
+def test_six_mode_recipe_table_follows_the_samples_and_ood_nll_ignores_batching(tmp_path):
+    """recipes/rloo_eval.py: one row per model and mode; greedy accuracy, pass@1 and pass@n are those of the
+    evaluation's own samples (pass@1 = share of right samples, pass@n with n samples = share of questions with one
+    right); the OOD NLL does not depend on how many rows share a forward (right padding is masked out)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from latentcot.eval.runner import read_samples
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "rloo_eval.py"
+    run = tmp_path / "run"
+    assert main(["train", "--method", "rloo", "--model", "tiny-gpt2", "--task", "pointer_chase", "--no-progress",
+                 "--out", str(run), "rollout_mode=soft", "group_size=2", "prompts_per_step=2", "max_steps=1",
+                 "max_cot_tokens=4", "max_answer_tokens=3"]) == 0
+    tables = []
+    for ood_batch in ("1", "3"):
+        out = tmp_path / f"eval{ood_batch}"
+        r = subprocess.run([sys.executable, str(script), str(run), "--limit", "3", "--samples", "4", "--modes", "hard",
+                            "soft", "--batch-size", "8", "--ood-task", "pointer_chase", "--ood-settings", "k=2",
+                            "--ood-limit", "5", "--ood-batch-size", ood_batch, "--out", str(out)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows = json.loads((out / "six_modes.json").read_text())["rows"]
+        assert [(x["model"].split(" ")[0], x["mode"]) for x in rows] == [
+            ("base", "hard"), ("base", "soft"), ("rloo-soft", "hard"), ("rloo-soft", "soft")]
+        for x in rows:
+            tag = "base" if x["model"] == "base" else "run"
+            greedy = read_samples(out / tag / f"{x['mode']}-greedy" / "samples.jsonl")
+            sampled = read_samples(out / tag / f"{x['mode']}-sample" / "samples.jsonl")
+            assert len(greedy) == 3 and len(sampled) == 12
+            assert x["greedy"] == pytest.approx(100 * sum(s["correct_strict"] for s in greedy) / 3)
+            assert x["pass@1"] == pytest.approx(100 * sum(s["correct_strict"] for s in sampled) / 12)
+            right = {s["id"] for s in sampled if s["correct_strict"]}
+            assert x["pass@4"] == pytest.approx(100 * len(right) / 3)
+        tables.append(rows)
+        assert (out / "entropy_profile.png").stat().st_size > 0
+    for a, b in zip(*tables, strict=True):
+        assert math.isfinite(a["ood_nll"]) and a["ood_nll"] == pytest.approx(b["ood_nll"], rel=1e-5)
+
+
 def test_paired_base_replays_the_runs_own_training_stream(tmp_path):
     """recipes/rloo_paired_base.py rolls out a run's prompts with its noise seeds under other weights. On a run whose
     weights never moved (a random tiny model earns reward 0 everywhere, so every advantage and gradient is 0) the
