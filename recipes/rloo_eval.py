@@ -93,7 +93,7 @@ def main() -> None:
                 else:
                     row["pass@1"] = m["pass@1_strict"]["mean"]
                     row[f"pass@{n}"] = m.get(f"pass@{n}_strict", {}).get("mean")
-                    profiles[f"{label.split(' ')[0]} / {mode}"] = entropy_profile(read_samples(out / "samples.jsonl"))
+                    profiles[f"{tag} / {mode}"] = entropy_profile(read_samples(out / "samples.jsonl"))
             results.append(row)
             table.append(f"| {label} | {mode} | {fmt(row['greedy'])} | {fmt(row['pass@1'])} | "
                          f"{fmt(row.get(f'pass@{a.samples}'))} | {'-' if nll is None else f'{nll:.3f}'} |")

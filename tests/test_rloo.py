@@ -424,8 +424,10 @@ def test_pointer_chase_recipe_sft_only_evaluates_the_start_model_and_stops(tmp_p
 def test_six_mode_recipe_table_follows_the_samples_and_ood_nll_ignores_batching(tmp_path):
     """recipes/rloo_eval.py: one row per model and mode; greedy accuracy, pass@1 and pass@n are those of the
     evaluation's own samples (pass@1 = share of right samples, pass@n with n samples = share of questions with one
-    right); the OOD NLL does not depend on how many rows share a forward (right padding is masked out)."""
+    right); the OOD NLL does not depend on how many rows share a forward (right padding is masked out); two runs of
+    the same rollout mode keep an entropy profile each."""
     import json
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
@@ -437,19 +439,23 @@ def test_six_mode_recipe_table_follows_the_samples_and_ood_nll_ignores_batching(
     assert main(["train", "--method", "rloo", "--model", "tiny-gpt2", "--task", "pointer_chase", "--no-progress",
                  "--out", str(run), "rollout_mode=soft", "group_size=2", "prompts_per_step=2", "max_steps=1",
                  "max_cot_tokens=4", "max_answer_tokens=3"]) == 0
+    shutil.copytree(run, tmp_path / "again")
     tables = []
-    for ood_batch in ("1", "3"):
+    for ood_batch, runs in (("1", [run]), ("3", [run, tmp_path / "again"])):
         out = tmp_path / f"eval{ood_batch}"
-        r = subprocess.run([sys.executable, str(script), str(run), "--limit", "3", "--samples", "4", "--modes", "hard",
-                            "soft", "--batch-size", "8", "--ood-task", "pointer_chase", "--ood-settings", "k=2",
+        r = subprocess.run([sys.executable, str(script), *map(str, runs), "--limit", "3", "--samples", "4", "--modes",
+                            "hard", "soft", "--batch-size", "8", "--ood-task", "pointer_chase", "--ood-settings", "k=2",
                             "--ood-limit", "5", "--ood-batch-size", ood_batch, "--out", str(out)],
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
-        rows = json.loads((out / "six_modes.json").read_text())["rows"]
+        got = json.loads((out / "six_modes.json").read_text())
+        rows = got["rows"]
+        tags = ["base"] + [x.name for x in runs]
         assert [(x["model"].split(" ")[0], x["mode"]) for x in rows] == [
-            ("base", "hard"), ("base", "soft"), ("rloo-soft", "hard"), ("rloo-soft", "soft")]
+            (t if t == "base" else "rloo-soft", m) for t in tags for m in ("hard", "soft")]
+        assert sorted(got["entropy_profiles"]) == sorted(f"{t} / {m}" for t in tags for m in ("hard", "soft"))
         for x in rows:
-            tag = "base" if x["model"] == "base" else "run"
+            tag = "base" if x["model"] == "base" else x["model"].split("(")[1].rstrip(")")
             greedy = read_samples(out / tag / f"{x['mode']}-greedy" / "samples.jsonl")
             sampled = read_samples(out / tag / f"{x['mode']}-sample" / "samples.jsonl")
             assert len(greedy) == 3 and len(sampled) == 12
@@ -459,7 +465,7 @@ def test_six_mode_recipe_table_follows_the_samples_and_ood_nll_ignores_batching(
             assert x["pass@4"] == pytest.approx(100 * len(right) / 3)
         tables.append(rows)
         assert (out / "entropy_profile.png").stat().st_size > 0
-    for a, b in zip(*tables, strict=True):
+    for a, b in zip(tables[0], tables[1][:4], strict=True):
         assert math.isfinite(a["ood_nll"]) and a["ood_nll"] == pytest.approx(b["ood_nll"], rel=1e-5)
 
 
