@@ -64,6 +64,20 @@ def test_train_then_eval_with_weights(tmp_path, capsys):
                  "--out", str(tmp_path / "e"), "--no-progress", f"weights={out}", "max_new_tokens=4"]) == 0
 
 
+@pytest.mark.parametrize("method,says", [("rloo", "evaluates its start model"), ("cot_sft", "evaluates its start model"),
+                                         ("pause", "they are untrained")])
+def test_eval_without_weights_says_what_it_evaluated(tmp_path, caplog, method, says):
+    """Without weights=, a method whose trainable parts start as the model itself (rloo, the sft family) evaluates
+    its start model, which is a base evaluation; one with new parts (pause tokens) evaluates untrained parts. The
+    warning says which, in the log and in metrics.json."""
+    out = tmp_path / "e"
+    assert main(["eval", "--method", method, "--model", "tiny-gpt2", "--task", "pointer_chase", "--limit", "1",
+                 "--out", str(out), "--no-progress", "max_new_tokens=2"]) == 0
+    warnings = json.loads((out / "metrics.json").read_text())["warnings"]
+    assert len(warnings) == 1 and says in warnings[0] and method in warnings[0]
+    assert says in caplog.text
+
+
 def test_library_deprecations_are_not_shown_to_users(tmp_path) -> None:
     """PEFT reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: a FutureWarning the
     user cannot act on, printed in the middle of `latentcot train --method lora` before the CLI filtered it."""

@@ -104,7 +104,11 @@ def warn_untrained(method: Any, weights: str | None) -> str | None:
     """A one-line warning when a method with trainable parts is evaluated without trained weights."""
     if not getattr(method, "trains", False) or weights:
         return None
-    msg = (f"method {method.name} has trainable parts but no weights= was given: they are untrained, so these "
-           f"results are not the method's (train with `latentcot train`, then pass weights=RUN_DIR)")
+    if getattr(method, "starts_as_model", False):
+        msg = (f"method {method.name}: no weights= was given, so this evaluates its start model (the model as "
+               f"loaded), not a trained run (train with `latentcot train`, then pass weights=RUN_DIR)")
+    else:
+        msg = (f"method {method.name} has trainable parts but no weights= was given: they are untrained, so these "
+               f"results are not the method's (train with `latentcot train`, then pass weights=RUN_DIR)")
     log.warning(msg)
     return msg

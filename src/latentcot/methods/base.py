@@ -69,10 +69,14 @@ class Method(nn.Module):
     Class attributes:
         Config: the method's config dataclass.
         trains: whether `latentcot train` applies (False for training-free methods).
+        starts_as_model: True where every trainable part starts as the loaded model itself (full fine-tuning, or
+            LoRA adapters that start as the identity), so that without trained weights the method evaluates its
+            start model, not untrained new parts.
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     trains: ClassVar[bool] = False
+    starts_as_model: ClassVar[bool] = False
     name: ClassVar[str] = ""
     # True where this class's `generate` hands every decode to `self.generator` as plain prompts, so another
     # backend (vLLM) can serve it. A subclass that overrides `generate` must say so again.

@@ -137,6 +137,7 @@ class RLOO(SoftTokens):
 
     Config = RLOOConfig
     trains = True
+    starts_as_model = True
 
     def __init__(self, cfg: RLOOConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)

@@ -46,6 +46,7 @@ def apply_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: 
 class _SFT(Method):
     Config = SFTConfig
     trains = True
+    starts_as_model = True
     refills = True
     with_rationale = True
 
