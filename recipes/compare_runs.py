@@ -3,7 +3,12 @@ and the exact McNemar p-value (strict answers by default; the first sample of th
 
 With --all-samples (runs that draw several samples per question): each question's pass rate (the share of its
 samples, over all seeds, that are right), the mean over questions for A and B (pass@1), the mean difference B - A
-and its paired standard error (the standard deviation of the per-question differences over sqrt(questions)).
+and its paired standard error (the standard deviation of the per-question differences over sqrt(questions)). That
+error treats the questions as a sample of a larger pool, so it counts how much the questions differ. When the
+questions themselves are the object (a fixed set of training prompts, say), a second standard error holds them fixed
+and counts only the noise of their samples: sqrt(sum over questions of p_A (1 - p_A) / (n_A - 1) + p_B (1 - p_B) /
+(n_B - 1)) / questions, with p a question's pass rate over its n samples (printed when every question has at least
+two samples in both runs).
 
     python recipes/compare_runs.py runs/softcot-pair runs/softcot_pp-pair
     python recipes/compare_runs.py runs/a runs/b --mode flexible
@@ -28,15 +33,35 @@ def correct_by_question(run: Path, mode: str) -> dict[str, bool]:
     return {str(r["id"]): bool(r[f"correct_{mode}"]) for r in recs if int(r["seed"]) == seed and int(r["sample"]) == 0}
 
 
-def pass_rate_by_question(run: Path, mode: str) -> dict[str, float]:
-    """{question id: share of its samples (every seed) whose answer is right}."""
+def samples_by_question(run: Path, mode: str) -> dict[str, list[bool]]:
+    """{question id: whether each of its samples (every seed) is right}."""
     recs = read_samples(run / SAMPLES)
     if not recs:
         sys.exit(f"compare_runs: error: {run / SAMPLES} holds no samples; evaluate first")
     right: dict[str, list[bool]] = {}
     for r in recs:
         right.setdefault(str(r["id"]), []).append(bool(r[f"correct_{mode}"]))
-    return {q: sum(v) / len(v) for q, v in right.items()}
+    return right
+
+
+def pass_rate_by_question(run: Path, mode: str) -> dict[str, float]:
+    """{question id: share of its samples (every seed) whose answer is right}."""
+    return {q: sum(v) / len(v) for q, v in samples_by_question(run, mode).items()}
+
+
+def fixed_question_se(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> float | None:
+    """Standard error (percent) of pass@1 B - A over the common questions with the questions held fixed: only the
+    binomial noise of each question's samples, p (1 - p) / (n - 1) per question and run. None when a common
+    question has fewer than two samples in a run (its variance cannot be estimated)."""
+    common = sorted(set(a) & set(b))
+    if not common or any(len(a[q]) < 2 or len(b[q]) < 2 for q in common):
+        return None
+    var = 0.0
+    for q in common:
+        for right in (a[q], b[q]):
+            p = sum(right) / len(right)
+            var += p * (1 - p) / (len(right) - 1)
+    return 100 * var**0.5 / len(common)
 
 
 def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -60,10 +85,14 @@ def main() -> None:
                    help="per-question pass rates over all samples, with the paired standard error of B - A")
     args = p.parse_args()
     if args.all_samples:
-        r = paired(pass_rate_by_question(args.a, args.mode), pass_rate_by_question(args.b, args.mode))
+        sa, sb = samples_by_question(args.a, args.mode), samples_by_question(args.b, args.mode)
+        r = paired({q: sum(v) / len(v) for q, v in sa.items()}, {q: sum(v) / len(v) for q, v in sb.items()})
         z = f" = {r['diff'] / r['se']:.1f} standard errors" if r["se"] > 0 else ""
+        fixed = fixed_question_se(sa, sb)
+        zf = f" = {r['diff'] / fixed:.1f} standard errors" if fixed else ""
+        held = f"; with these questions held fixed (their samples' noise only) {fixed:.1f}{zf}" if fixed is not None else ""
         print(f"{r['n']} common questions ({args.mode}, every sample): pass@1 A {r['a']:.1f}, B {r['b']:.1f}; "
-              f"B - A {r['diff']:+.1f} points, paired standard error {r['se']:.1f}{z}")
+              f"B - A {r['diff']:+.1f} points, paired standard error {r['se']:.1f}{z}{held}")
         return
     a, b = correct_by_question(args.a, args.mode), correct_by_question(args.b, args.mode)
     common = sorted(set(a) & set(b))

@@ -174,3 +174,10 @@ def test_compare_runs_all_samples_paired_standard_error_by_hand(tmp_path):
     out = subprocess.run([sys.executable, str(path), str(tmp_path / "a"), str(tmp_path / "b"), "--all-samples"],
                          capture_output=True, text=True, check=True).stdout
     assert "3 common questions" in out and "A 25.0, B 50.0" in out and "+25.0 points" in out and "14.4" in out
+    # Questions held fixed: p (1 - p) / (n - 1) per question and run, n = 4: A 3/16 / 3, 1/4 / 3, 0;
+    # B 3/16 / 3, 1/4 / 3, 3/16 / 3; sum 17/48; sqrt(17/48) / 3 questions = 0.1984 -> 19.8 points.
+    sa, sb = (cr.samples_by_question(tmp_path / r, "strict") for r in "ab")
+    assert cr.fixed_question_se(sa, sb) == pytest.approx(100 * (17 / 48) ** 0.5 / 3)
+    assert "held fixed (their samples' noise only) 19.8 = 1.3 standard errors" in out
+    # One sample for a question: its binomial variance cannot be estimated, so no fixed-question error.
+    assert cr.fixed_question_se({"q1": [True]}, {"q1": [False, True]}) is None
