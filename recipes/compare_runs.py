@@ -44,9 +44,14 @@ def samples_by_question(run: Path, mode: str) -> dict[str, list[bool]]:
     return right
 
 
+def pass_rates(right: dict[str, list[bool]]) -> dict[str, float]:
+    """{question id: share of its samples that are right}."""
+    return {q: sum(v) / len(v) for q, v in right.items()}
+
+
 def pass_rate_by_question(run: Path, mode: str) -> dict[str, float]:
     """{question id: share of its samples (every seed) whose answer is right}."""
-    return {q: sum(v) / len(v) for q, v in samples_by_question(run, mode).items()}
+    return pass_rates(samples_by_question(run, mode))
 
 
 def fixed_question_se(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> float | None:
@@ -82,11 +87,12 @@ def main() -> None:
     p.add_argument("b", type=Path)
     p.add_argument("--mode", choices=("strict", "flexible"), default="strict")
     p.add_argument("--all-samples", action="store_true",
-                   help="per-question pass rates over all samples, with the paired standard error of B - A")
+                   help="per-question pass rates over all samples, with the standard error of B - A paired over "
+                        "questions and the one with the questions held fixed")
     args = p.parse_args()
     if args.all_samples:
         sa, sb = samples_by_question(args.a, args.mode), samples_by_question(args.b, args.mode)
-        r = paired({q: sum(v) / len(v) for q, v in sa.items()}, {q: sum(v) / len(v) for q, v in sb.items()})
+        r = paired(pass_rates(sa), pass_rates(sb))
         z = f" = {r['diff'] / r['se']:.1f} standard errors" if r["se"] > 0 else ""
         fixed = fixed_question_se(sa, sb)
         zf = f" = {r['diff'] / fixed:.1f} standard errors" if fixed else ""
