@@ -81,7 +81,8 @@ def main() -> None:
             ex = train[b * a.prompts:(b + 1) * a.prompts]
             rows, outs, records = method.rollout_rows(ex, task)
             scores = [task.score(e, o.text) for e, o in zip(rows, outs)]
-            adv = rloo_advantages(rewards_from_scores(scores).view(len(ex), a.group_size)).flatten()
+            grouped = rewards_from_scores(scores).view(len(ex), a.group_size)
+            adv = rloo_advantages(grouped, pairs=method.cfg.antithetic).flatten()
             ents += [e for r in records for e in r.entropies]
             rep = method.replay(records)
             kinds = [kind for r in records for _, kind, _ in r.choices]

@@ -110,6 +110,69 @@ def test_rloo_advantages_hand_computation_and_zero_sum():
         rloo_advantages(torch.tensor([[1.0], [2.0]]))
 
 
+def test_leave_one_pair_out_advantages_hand_computation_and_zero_sum():
+    """antithetic: samples (0, 1), (2, 3), ... are pairs; each baseline is the group's mean outside the pair."""
+    r = torch.tensor([[100.0, 0.0, 10.0, 100.0], [0.0, 10.0, 0.0, 0.0]])
+    adv = rloo_advantages(r, pairs=True)
+    expected = torch.tensor([[100 - 55.0, 0 - 55.0, 10 - 50.0, 100 - 50.0], [0 - 0.0, 10 - 0.0, 0 - 5.0, 0 - 5.0]])
+    torch.testing.assert_close(adv, expected)
+    six = torch.tensor([[100.0, 0.0, 10.0, 100.0, 0.0, 100.0]])
+    adv6 = rloo_advantages(six, pairs=True)  # sample 4's baseline: (100 + 0 + 10 + 100) / 4
+    assert adv6[0, 4].item() == pytest.approx(0.0 - 52.5) and adv6[0, 0].item() == pytest.approx(100 - 52.5)
+    for a in (adv, adv6):
+        torch.testing.assert_close(a.sum(1), torch.zeros(a.shape[0]), atol=1e-4, rtol=0)
+    for bad in (torch.ones(1, 2), torch.ones(1, 5)):
+        with pytest.raises(ValueError):
+            rloo_advantages(bad, pairs=True)
+
+
+def test_mirrored_row_random_negates_the_leaders_normals_only_in_lockstep():
+    from latentcot.decoding.sampling import RowRandom
+
+    plain, mirror = RowRandom([11, 12, 13, 14]), RowRandom([11, 12, 13, 14]).mirror([(0, 1), (2, 3)])
+    a, b = plain.normal(5), mirror.normal(5)
+    torch.testing.assert_close(b[[0, 2]], a[[0, 2]], rtol=0, atol=0)  # leaders: their own streams, unchanged
+    torch.testing.assert_close(b[[1, 3]], -a[[0, 2]], rtol=0, atol=0)
+    sub = mirror.select([1, 2, 3])  # row 0 has stopped: its follower draws its own noise again
+    c = sub.normal(5)
+    torch.testing.assert_close(c[2], -c[1], rtol=0, atol=0)
+    assert not torch.equal(c[0].abs(), c[1].abs())
+    # uniforms: every row its own stream (a follower's as if its mirrored normals had not been drawn)
+    fresh, own = RowRandom([11, 12]).mirror([(0, 1)]), RowRandom([11, 12])
+    fresh.normal(4)
+    torch.randn(4, generator=own.streams[0].other_draw())  # only the leader drew its noise
+    torch.testing.assert_close(fresh.uniform(3), torch.stack([own.streams[0].draw((3,)), own.streams[1].draw((3,))]),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        RowRandom([1, 2, 3]).mirror([(0, 1), (1, 2)])
+
+
+@pytest.mark.parametrize("mode", ["soft", "fuzzy"])
+def test_antithetic_rollouts_feed_mirrored_noise_around_each_rows_own_mean(mode, arith_task):
+    """Partners feed mean + eps and mean' - eps at every CoT step both take; at the first step the means are equal
+    (same prompt), so the two inputs are mirror images around it. The rest of the rollout is unchanged."""
+    m = _rloo("tiny-llama", rollout_mode=mode, group_size=4, antithetic=True, max_think_steps=6)
+    examples = arith_task.load("train")[:2]
+    rows, outs, recs = m.rollout_rows(examples, arith_task, keep_means=True)
+    checked = 0
+    for lead, follow in ((0, 1), (2, 3), (4, 5), (6, 7)):
+        a, b = recs[lead], recs[follow]
+        ga = [a.fed[pos] for pos, k, _ in a.choices if k == GAUSS]
+        gb = [b.fed[pos] for pos, k, _ in b.choices if k == GAUSS]
+        if ga and gb:
+            torch.testing.assert_close(a.means[0], b.means[0])
+        for t in range(min(len(ga), len(gb))):
+            torch.testing.assert_close(gb[t] - b.means[t], -(ga[t] - a.means[t]), rtol=0, atol=1e-5)
+            checked += 1
+    assert checked >= 4
+    plain = _rloo("tiny-llama", rollout_mode=mode, group_size=4, max_think_steps=6)
+    _, _, base = plain.rollout_rows(examples, arith_task, keep_means=True)
+    for lead in (0, 2, 4, 6):  # leaders roll out exactly as without antithetic pairs
+        assert len(base[lead].fed) == len(recs[lead].fed)
+        for x, y in zip(base[lead].fed, recs[lead].fed):
+            assert (torch.equal(x, y) if torch.is_tensor(x) else x == y)
+
+
 def test_rewards_loss_and_kl():
     scores = [{"correct_strict": True, "pred_strict": "3"}, {"correct_strict": False, "pred_strict": "4"},
               {"correct_strict": False, "pred_strict": None}]
@@ -269,6 +332,8 @@ def test_killed_and_resumed_rloo_run_is_bit_identical(tmp_path, arith_task, mode
     ("reward_match=loose", "reward_match"),
     ("freeze_embeddings=true lora_r=4", "freeze_embeddings"),
     ("global_batch_size=4", "global_batch_size"),
+    ("antithetic=true", "antithetic"),
+    ("antithetic=true group_size=4 rollout_mode=hard", "antithetic"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, setting, field):
     out = tmp_path / "run"

@@ -104,9 +104,10 @@ class _Stream:
         used: draws of `block[row]` handed out.
         mark: the generator's state before the block was drawn.
         shape: the shape of the last uniform draw; streak: how many uniform draws of that shape in a row.
+        leader: for antithetic pairs (`RowRandom.mirror`), the stream whose normal draws this one mirrors, or None.
     """
 
-    __slots__ = ("gen", "block", "row", "used", "mark", "shape", "streak")
+    __slots__ = ("gen", "block", "row", "used", "mark", "shape", "streak", "leader")
 
     def __init__(self, seed: int) -> None:
         self.gen = torch.Generator(device="cpu")
@@ -115,6 +116,7 @@ class _Stream:
         self.row = self.used = self.streak = 0
         self.mark: torch.Tensor | None = None
         self.shape: tuple[int, ...] | None = None
+        self.leader: _Stream | None = None
 
     def ready(self, shape: tuple[int, ...]) -> bool:
         """Whether the next draw of `shape` can come from the block."""
@@ -199,10 +201,33 @@ class RowRandom:
         return self._out(torch.stack([s.draw(shape) for s in streams]))
 
     def normal(self, *shape: int) -> torch.Tensor:
-        """(B, *shape) standard normal draws, row b from its own stream."""
+        """(B, *shape) standard normal draws, row b from its own stream.
+
+        A row paired by `mirror` whose leader is drawn in the same call gets minus the leader's draw instead.
+        """
         if not self.streams:
             return torch.empty((0, *shape), device=self.device)
-        return self._out(torch.stack([torch.randn(shape, generator=s.other_draw()) for s in self.streams]))
+        here = {id(s): i for i, s in enumerate(self.streams)}
+        mirrored = [s.leader is not None and id(s.leader) in here for s in self.streams]
+        draws = [None if m else torch.randn(shape, generator=s.other_draw()) for s, m in zip(self.streams, mirrored)]
+        for i, s in enumerate(self.streams):
+            if mirrored[i]:
+                s.other_draw()
+                draws[i] = -draws[here[id(s.leader)]]
+        return self._out(torch.stack(draws))
+
+    def mirror(self, pairs: Sequence[tuple[int, int]]) -> RowRandom:
+        """Antithetic pairs: in each (leader, follower), the follower's normal draws are minus the leader's
+        whenever both are drawn in one `normal` call (and its own otherwise); its uniform draws stay its own.
+
+        A batch that draws its noise in lockstep (rows that think from the same step on) so gets mirrored noise
+        step by step. Each row alone is still standard normal. Pairs persist through `select` and `concat`.
+        """
+        for lead, follow in pairs:
+            if lead == follow or self.streams[lead].leader is not None:
+                raise ValueError(f"antithetic pair ({lead}, {follow}): a leader must be another, unpaired row")
+            self.streams[follow].leader = self.streams[lead]
+        return self
 
     def gamma(self, concentration: torch.Tensor) -> torch.Tensor:
         """Gamma(concentration, 1) draws for a (B, K) concentration, row-wise streams (for Dirichlet noise).

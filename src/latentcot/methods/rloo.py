@@ -69,6 +69,10 @@ class RLOOConfig(SoftTokensConfig):
     reward_match: which of the task scorer's extractions decides (strict: "The answer is N"; flexible: the task's
         looser one, e.g. the last number), as `accuracy_strict` / `accuracy_flexible` in evaluation.
     normalize_advantages: divide advantages by their batch standard deviation.
+    antithetic: soft / fuzzy rollouts in mirrored pairs (samples 2k and 2k+1 of a group get noise eps and -eps at
+        every CoT step both are still thinking; needs an even group_size >= 4), with each sample's baseline the mean
+        reward of the group outside its pair (leave-one-pair-out, unbiased). A variance reduction for the Gaussian
+        score, not a setting of the paper.
     kl_coef: weight of the KL penalty to the frozen start policy (0 = off).
     lora_r, lora_alpha, lora_dropout, lora_targets: LoRA through PEFT (lora_r 0 = full fine-tune).
     freeze_embeddings: full fine-tuning with the input embedding matrix E frozen (and the LM head with it when the
@@ -91,6 +95,7 @@ class RLOOConfig(SoftTokensConfig):
     reward_wrong: float = 0.0
     reward_match: str = "strict"
     normalize_advantages: bool = False
+    antithetic: bool = False
     kl_coef: float = 0.0
     lora_r: int = 0
     lora_alpha: int = 16
@@ -120,6 +125,11 @@ class RLOOConfig(SoftTokensConfig):
             check(self.noise_scale > 0, "noise_scale", f"sigma must be > 0 in {self.rollout_mode} mode (the Gaussian "
                   f"density needs noise), got noise_scale={self.noise_scale}")
             check(self.soft_top_k == 0, "soft_top_k", "must be 0 for RL rollouts (the log-density is over the whole vocabulary)")
+        if self.antithetic:
+            check(self.rollout_mode != "hard", "antithetic", "mirrors the Gaussian noise of soft / fuzzy rollouts; "
+                  "hard rollouts have none")
+            check(self.group_size >= 4 and self.group_size % 2 == 0, "antithetic",
+                  f"needs an even group_size >= 4 (pairs, and another pair for the baseline), got {self.group_size}")
         check(self.reward_match in REWARD_MATCHES, "reward_match",
               f"must be one of {', '.join(REWARD_MATCHES)}, got {self.reward_match!r}")
         for name in ("reward_correct", "reward_format", "reward_wrong", "kl_coef"):
@@ -229,8 +239,10 @@ class RLOO(SoftTokens):
         self.eval()
         self._use(c.rollout_mode)
         try:
-            outs, records = rollout(self, rows, task, self.rollout_generation(), RowRandom(seeds, self.backbone.device),
-                                    keep_means)
+            rand = RowRandom(seeds, self.backbone.device)
+            if c.antithetic:
+                rand.mirror([(i, i + 1) for i in range(0, len(rows), 2)])
+            outs, records = rollout(self, rows, task, self.rollout_generation(), rand, keep_means)
         finally:
             self._use(c.token_mode)
             self.train(was)
@@ -274,7 +286,7 @@ class RLOO(SoftTokens):
         records, rewards, rollout_logs = self.scored_rollouts(examples, task)
         t1 = time.perf_counter()
         grouped = rewards.view(len(examples), c.group_size)  # (P', G)
-        adv = rloo_advantages(grouped, c.normalize_advantages).flatten().to(self.backbone.device)  # (N,)
+        adv = rloo_advantages(grouped, c.normalize_advantages, pairs=c.antithetic).flatten().to(self.backbone.device)  # (N,)
         rep = self.replay(records)
         loss = policy_loss(rep.logp, adv)
         logs: dict[str, float] = {}

@@ -42,17 +42,27 @@ def rewards_from_scores(
     return torch.tensor(out, dtype=torch.float32)
 
 
-def rloo_advantages(rewards: torch.Tensor, normalize: bool = False, eps: float = 1e-6) -> torch.Tensor:
+def rloo_advantages(rewards: torch.Tensor, normalize: bool = False, eps: float = 1e-6,
+                    pairs: bool = False) -> torch.Tensor:
     """Leave-one-out advantages. rewards (P, G) with G >= 2 -> (P, G).
 
-    A_i = r_i - (sum_j r_j - r_i) / (G - 1) = G / (G - 1) * (r_i - mean(r)). With `normalize`, the advantages are
-    divided by their standard deviation over the whole batch (unchanged when it is 0: all groups equal).
+    A_i = r_i - (sum_j r_j - r_i) / (G - 1) = G / (G - 1) * (r_i - mean(r)). With `pairs` (antithetic samples: G even
+    >= 4, samples 2k and 2k+1 are a pair), the pair is left out: A_i = r_i - (sum_j r_j - r_i - r_partner) / (G - 2),
+    a baseline independent of sample i, so the estimator stays unbiased although partners are correlated; the
+    advantages still sum to zero per group. With `normalize`, the advantages are divided by their standard deviation
+    over the whole batch (unchanged when it is 0: all groups equal).
     """
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"leave-one-out needs groups of at least 2 samples, got rewards of shape {tuple(rewards.shape)}")
     r = rewards.float()
     G = r.shape[1]
-    adv = r - (r.sum(1, keepdim=True) - r) / (G - 1)  # (P, G)
+    if pairs:
+        if G < 4 or G % 2:
+            raise ValueError(f"leave-one-pair-out needs an even group of at least 4 samples, got {G}")
+        pair_sum = r.view(-1, G // 2, 2).sum(-1).repeat_interleave(2, dim=1)  # (P, G): r_i + r_partner
+        adv = r - (r.sum(1, keepdim=True) - pair_sum) / (G - 2)
+    else:
+        adv = r - (r.sum(1, keepdim=True) - r) / (G - 1)  # (P, G)
     if normalize:
         std = adv.std(unbiased=False)
         if float(std) > eps:
