@@ -9,6 +9,8 @@ or after `max_cot_tokens`; the answer is sampled hard tokens. The rollout record
 (`training/rollout.py`); one teacher-forced forward over the record gives log pi(traj) with gradients: Gaussian
 log-densities of the soft inputs plus log-probs of the sampled tokens. Rewards come from the task's own scorer
 (100 / 10 / 0), advantages are leave-one-out, loss = -mean A log pi (+ `kl_coef` x KL to the start policy).
+With `antithetic` (not in the paper), soft / fuzzy samples come in mirrored pairs (noise eps and -eps) and each
+sample's baseline leaves its pair out.
 
 The shared training loop drives it: a loop micro-batch is `micro_batch // group_size` prompts (whole groups), and
 `prompts_per_step x group_size / micro_batch` micro-batches make a step (`train_config`). Rollout randomness comes
