@@ -143,8 +143,9 @@ def test_mirrored_row_random_negates_the_leaders_normals_only_in_lockstep():
     torch.randn(4, generator=own.streams[0].other_draw())  # only the leader drew its noise
     torch.testing.assert_close(fresh.uniform(3), torch.stack([own.streams[0].draw((3,)), own.streams[1].draw((3,))]),
                                rtol=0, atol=0)
-    with pytest.raises(ValueError):
-        RowRandom([1, 2, 3]).mirror([(0, 1), (1, 2)])
+    for bad in ([(0, 1), (1, 2)], [(1, 2), (0, 1)], [(0, 0)], [(0, 2), (1, 2)]):
+        with pytest.raises(ValueError):
+            RowRandom([1, 2, 3]).mirror(bad)
 
 
 @pytest.mark.parametrize("mode", ["soft", "fuzzy"])

@@ -224,9 +224,10 @@ class RowRandom:
         step by step. Each row alone is still standard normal. Pairs persist through `select` and `concat`.
         """
         for lead, follow in pairs:
-            if lead == follow or self.streams[lead].leader is not None:
-                raise ValueError(f"antithetic pair ({lead}, {follow}): a leader must be another, unpaired row")
-            self.streams[follow].leader = self.streams[lead]
+            a, b = self.streams[lead], self.streams[follow]
+            if a is b or a.leader is not None or b.leader is not None or any(s.leader is b for s in self.streams):
+                raise ValueError(f"antithetic pair ({lead}, {follow}): each row can be in one pair only")
+            b.leader = a
         return self
 
     def gamma(self, concentration: torch.Tensor) -> torch.Tensor:
