@@ -19,9 +19,9 @@ def train(values: dict, out: Path, progress: bool = False) -> dict:
     return train_run(resolve({**values, "out": str(out), "progress": progress}))
 
 
-def key_values(items: list[str], flag: str, cast, keys: list[str] | None = None) -> dict:
+def key_values(items: list[str], flag: str, cast, keys: list[str] | None = None, kind: str | None = None) -> dict:
     """KEY=VALUE items -> {key: cast(value)}. A malformed item, a key not in `keys` (when given) or a value `cast`
-    refuses is one line on stderr and exit 2, before anything is written."""
+    refuses is one line on stderr and exit 2, before anything is written; `kind` names the value in that line."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -31,7 +31,7 @@ def key_values(items: list[str], flag: str, cast, keys: list[str] | None = None)
             out[key] = cast(value)
         except ValueError:
             what = f"KEY one of {', '.join(keys)}" if keys is not None else "KEY a setting"
-            kind = {float: "a number", int: "an integer"}.get(cast, "a value")
+            kind = kind or {float: "a number", int: "an integer"}.get(cast, "a value")
             print(f"error: {flag} {item!r}: write KEY=VALUE with {what} and VALUE {kind}", file=sys.stderr)
             sys.exit(2)
     return out

@@ -7,8 +7,8 @@ problems, soft and hard rollouts, then the six evaluation modes base vs trained.
    --temperature (0.5): with the task's zero-shot instruction alone at temperature 1 its sampled pass@1 is about
    5%, so almost every group has equal rewards (no leave-one-out signal). Measured on 16 valid questions x 4
    samples (README): 34% with this prompt at temperature 0.5.
-2. `rloo` from the plain model (no warm start) in each of --modes and for each of --seeds (the seed sets the prompt
-   order and the rollouts' noise): --prompts prompts x --group-size samples per
+2. `rloo` from the plain model (no warm start) in each of --modes and for each of --seeds (or a mode's own
+   --mode-seeds; the seed sets the prompt order and the rollouts' noise): --prompts prompts x --group-size samples per
    step, --steps steps, full fine-tuning at --lr (per mode with --mode-lr), CoT ended at "The answer is" or after
    --max-cot-tokens, reward 100 / 10 / 0 from the task's strict scorer. No held-out evaluation during training
    (CPU); the reward and the rollout accuracy per step are in each run's train_log.jsonl.
@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="rollout and sample-mode temperature")
     p.add_argument("--max-cot-tokens", type=int, default=MAX_COT_TOKENS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and mode")
+    p.add_argument("--mode-seeds", nargs="*", default=[], metavar="MODE=S,S",
+                   help="the seeds of one mode (over --seeds), e.g. hard=0,1")
     p.add_argument("--window", type=int, default=5, help="moving-average window of the plot")
     p.add_argument("--eval-limit", type=int, default=8, help="held-out (test split) questions of the six-mode eval")
     p.add_argument("--samples", type=int, default=32, help="samples per question in sample mode (pass@k)")
@@ -91,6 +93,8 @@ def main() -> None:
 
     mode_lr = key_values(a.mode_lr, "--mode-lr", float, a.modes)
     mode_steps = key_values(a.mode_steps, "--mode-steps", int, a.modes)
+    mode_seeds = key_values(a.mode_seeds, "--mode-seeds", seed_list, a.modes, "distinct integers, comma-separated")
+    seeds = {mode: mode_seeds.get(mode, a.seeds) for mode in a.modes}
     base = {**rollout_setting(a.max_cot_tokens, a.temperature), "device": "cpu", "method": "rloo", "group_size": a.group_size,
             "prompts_per_step": a.prompts, "eval_every": 0, "log_every": 1, "save_every": 5,
             "batch_size": 64, **key_values(a.set, "--set", str)}
@@ -101,7 +105,7 @@ def main() -> None:
         return [mean(part, key) for part in quarters(tr)]
 
     for mode in a.modes:
-        for seed in a.seeds:
+        for seed in seeds[mode]:
             run = out / f"rloo-{mode}-s{seed}"
             train({**base, "run.seed": seed, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr),
                    "train.max_steps": mode_steps.get(mode, a.steps)}, run, progress=True)
@@ -136,7 +140,7 @@ def main() -> None:
     print(f"wrote {png}")
     if not a.no_eval:
         cmd = [sys.executable, str(Path(__file__).with_name("rloo_eval.py")),
-               *[str(out / f"rloo-{m}-s{seed}") for m in a.modes for seed in a.seeds], "--split", "test", "--limit", str(a.eval_limit),
+               *[str(out / f"rloo-{m}-s{seed}") for m in a.modes for seed in seeds[m]], "--split", "test", "--limit", str(a.eval_limit),
                "--samples", str(a.samples), "--temperature", str(a.temperature),
                "--batch-size", str(a.eval_limit * a.samples), "--out", str(out / "eval")]
         print(" ".join(cmd), flush=True)
@@ -145,6 +149,14 @@ def main() -> None:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"CPU {own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime:.0f} s user+sys, "
           f"wall {time.time() - t0:.0f} s")
+
+
+def seed_list(text: str) -> list[int]:
+    """Seeds written as "0,1,2" -> [0, 1, 2]; ValueError for anything else (an empty or repeated seed)."""
+    seeds = [int(s) for s in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"repeated seed in {text!r}")
+    return seeds
 
 
 if __name__ == "__main__":

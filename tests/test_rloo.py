@@ -400,11 +400,49 @@ def test_smollm2_recipe_bad_mode_settings_are_one_line_exit_2(tmp_path):
     script = Path(__file__).resolve().parents[1] / "recipes" / "rloo_smollm2.py"
     out = tmp_path / "run"
     for flag, bad in (("--mode-lr", "soft"), ("--mode-lr", "fuzzy=1e-5"), ("--mode-lr", "soft=fast"),
-                      ("--mode-steps", "soft=2.5")):
+                      ("--mode-steps", "soft=2.5"), ("--mode-seeds", "soft=0,x"), ("--mode-seeds", "soft="),
+                      ("--mode-seeds", "soft=1,1"), ("--mode-seeds", "hard=0")):
         r = subprocess.run([sys.executable, str(script), "--out", str(out), "--modes", "soft", flag, bad],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_smollm2_recipe_mode_seeds_pick_each_modes_runs(tmp_path, monkeypatch):
+    """--mode-seeds hard=1 with --seeds 0 2: soft runs seeds 0 and 2, hard only seed 1 (training faked: each run's
+    log is written by hand, so the table's rows and numbers are known)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    monkeypatch.syspath_prepend(str(recipes))
+    spec = importlib.util.spec_from_file_location("rloo_smollm2_recipe", recipes / "rloo_smollm2.py")
+    rec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rec)
+    trained = []
+
+    def fake_train(values, out, progress=False):
+        trained.append((values["rollout_mode"], values["run.seed"]))
+        out.mkdir(parents=True)
+        base = 10 * values["run.seed"] + (50 if values["rollout_mode"] == "hard" else 0)
+        rows = [{"step": i + 1, "reward": base + i, "accuracy": 1.0, "all_equal_groups": 0.5, "cot_len": 3.0,
+                 "step_s": 1.0} for i in range(values["train.max_steps"])]
+        (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {}
+
+    monkeypatch.setattr(rec, "train", fake_train)
+    out = tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", ["rloo_smollm2.py", "--out", str(out), "--modes", "soft", "hard", "--seeds", "0",
+                                      "2", "--mode-seeds", "hard=1", "--steps", "4", "--no-eval"])
+    rec.main()
+    assert trained == [("soft", 0), ("soft", 2), ("hard", 1)]
+    table = (out / "rloo_table.md").read_text().splitlines()[2:]
+    assert [row.split(" | ")[:2] for row in table] == [["| soft", "0"], ["| soft", "2"], ["| hard", "1"]]
+    assert [row.split(" | ")[4] for row in table] == ["0.0 / 1.0 / 2.0 / 3.0", "20.0 / 21.0 / 22.0 / 23.0",
+                                                      "60.0 / 61.0 / 62.0 / 63.0"]
+    assert (out / "rloo_curves.png").is_file()
 
 
 def test_cot_vs_answer_recipe_counts_by_hand(tmp_path):
