@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from latentcot.config import parse_kv
 from latentcot.errors import ConfigError, UnknownNameError
@@ -49,3 +50,23 @@ def test_bad_yaml_is_one_clear_error(tmp_path):
         resolve({}, str(p))
     with pytest.raises(ConfigError, match="does not exist"):
         resolve({}, str(tmp_path / "missing.yaml"))
+
+
+def test_resume_counts_a_field_added_later_as_its_default(tmp_path):
+    """A run directory written before a setting existed (here: rloo's `antithetic` and the run's `refill` missing
+    from its train_config.yaml) resumes while the setting is at its default, and is refused, naming the setting,
+    once it is not."""
+    from latentcot.pipeline import check_resume, resolve, save_config
+    from latentcot.preflight import read_back_yaml
+
+    values = {"method": "rloo", "model": "tiny-llama", "task": "pointer_chase", "out": str(tmp_path)}
+    save_config(tmp_path, resolve(values), "train_config.yaml")
+    data = read_back_yaml(tmp_path / "train_config.yaml")
+    assert data["method"].pop("antithetic") is False and "refill" in data["run"]
+    del data["run"]["refill"]
+    (tmp_path / "train_config.yaml").write_text(yaml.safe_dump(data))
+    check_resume(tmp_path, resolve(values), "train_config.yaml")  # defaults: resumes
+    with pytest.raises(ConfigError, match=r"method\.antithetic: False there, True now"):
+        check_resume(tmp_path, resolve({**values, "antithetic": True}), "train_config.yaml")
+    with pytest.raises(ConfigError, match=r"method\.group_size: 8 there, 4 now"):
+        check_resume(tmp_path, resolve({**values, "group_size": 4}), "train_config.yaml")
