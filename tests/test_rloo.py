@@ -321,6 +321,31 @@ def test_killed_and_resumed_rloo_run_is_bit_identical(tmp_path, arith_task, mode
         assert torch.equal(a[k], b[k]), k
 
 
+def test_rloo_run_extended_at_a_constant_lr_equals_a_longer_run(tmp_path, arith_task):
+    """A finished 2-step run resumed with max_steps=4 (constant lr, no warmup: rloo reads the step count for nothing
+    else) ends with the same weights as a 4-step run from the start: how the README's 128-step soft runs continued
+    the 64-step ones."""
+    examples = arith_task.load("train")
+    settings = {"rollout_mode": "soft", "group_size": 4, "prompts_per_step": 2, "micro_batch": 4}
+    m = _rloo("tiny-gpt2", **settings)  # with seed 2 steps 1, 2 and 3 have mixed rewards, step 0 none
+    long = m.train_config(TrainConfig(lr=1e-3, max_steps=4, save_every=0, max_grad_norm=1.0))
+    train(m, arith_task, examples, long, tmp_path / "long", seed=2, progress=False)
+    short = _rloo("tiny-gpt2", **settings)
+    train(short, arith_task, examples, short.train_config(TrainConfig(lr=1e-3, max_steps=2, save_every=0,
+                                                                       max_grad_norm=1.0)),
+          tmp_path / "ext", seed=2, progress=False)
+    two = load_file(str(tmp_path / "ext" / "trainable.safetensors"))
+    more = _rloo("tiny-gpt2", **settings)
+    train(more, arith_task, examples, long, tmp_path / "ext", seed=2, progress=False)
+    a = load_file(str(tmp_path / "long" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "ext" / "trainable.safetensors"))
+    start = _rloo("tiny-gpt2", **settings).trainable_state_dict()
+    assert any(not torch.equal(two[k], start[k]) for k in two), "the first part trained nothing"
+    assert any(not torch.equal(two[k], b[k]) for k in b), "the extension trained nothing"
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 # --- bad input -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("setting,field", [
     ("group_size=1", "group_size"),
