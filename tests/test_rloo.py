@@ -300,23 +300,29 @@ def test_reward_match_picks_the_scorers_extraction(arith_task, monkeypatch):
 
 
 # --- resume ----------------------------------------------------------------------------------------------------
+def _train_tiny(task, out, settings: dict, steps: int, seed: int, stop_after: int | None = None):
+    """A tiny-gpt2 rloo run of `steps` steps at lr 1e-3 (constant) into `out` (resumes there); (summary, final
+    weights, None when stopped early)."""
+    m = _rloo("tiny-gpt2", **settings)
+    cfg = m.train_config(TrainConfig(lr=1e-3, max_steps=steps, save_every=0, max_grad_norm=1.0))
+    summary = train(m, task, task.load("train"), cfg, out, seed=seed, progress=False, stop_after=stop_after)
+    return summary, None if summary.get("stopped_early") else load_file(str(out / "trainable.safetensors"))
+
+
+def _changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("mode", ["soft", "hard"])
 def test_killed_and_resumed_rloo_run_is_bit_identical(tmp_path, arith_task, mode):
-    examples = arith_task.load("train")
     settings = {"rollout_mode": mode, "group_size": 2, "prompts_per_step": 2, "micro_batch": 2}
-    m = _rloo("tiny-gpt2", **settings)
-    cfg = m.train_config(TrainConfig(lr=1e-3, max_steps=4, save_every=0, max_grad_norm=1.0))
+    cfg = _rloo("tiny-gpt2", **settings).train_config(TrainConfig(max_steps=4))
     assert (cfg.train_batch_size, cfg.grad_accum) == (1, 2)
-    train(m, arith_task, examples, cfg, tmp_path / "full", seed=1, progress=False)
-    part = _rloo("tiny-gpt2", **settings)
-    s = train(part, arith_task, examples, cfg, tmp_path / "part", seed=1, progress=False, stop_after=2)
+    _, a = _train_tiny(arith_task, tmp_path / "full", settings, 4, seed=1)
+    s, _ = _train_tiny(arith_task, tmp_path / "part", settings, 4, seed=1, stop_after=2)
     assert s["stopped_early"]
-    resumed = _rloo("tiny-gpt2", **settings)
-    train(resumed, arith_task, examples, cfg, tmp_path / "part", seed=1, progress=False)
-    a = load_file(str(tmp_path / "full" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "part" / "trainable.safetensors"))
-    start = _rloo("tiny-gpt2", **settings).trainable_state_dict()
-    assert any(not torch.equal(a[k], start[k]) for k in a), "training changed nothing"
+    _, b = _train_tiny(arith_task, tmp_path / "part", settings, 4, seed=1)
+    assert _changed(a, _rloo("tiny-gpt2", **settings).trainable_state_dict()), "training changed nothing"
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -325,23 +331,13 @@ def test_rloo_run_extended_at_a_constant_lr_equals_a_longer_run(tmp_path, arith_
     """A finished 2-step run resumed with max_steps=4 (constant lr, no warmup: rloo reads the step count for nothing
     else) ends with the same weights as a 4-step run from the start: how the README's 128-step soft runs continued
     the 64-step ones."""
-    examples = arith_task.load("train")
     settings = {"rollout_mode": "soft", "group_size": 4, "prompts_per_step": 2, "micro_batch": 4}
-    m = _rloo("tiny-gpt2", **settings)  # with seed 2 steps 1, 2 and 3 have mixed rewards, step 0 none
-    long = m.train_config(TrainConfig(lr=1e-3, max_steps=4, save_every=0, max_grad_norm=1.0))
-    train(m, arith_task, examples, long, tmp_path / "long", seed=2, progress=False)
-    short = _rloo("tiny-gpt2", **settings)
-    train(short, arith_task, examples, short.train_config(TrainConfig(lr=1e-3, max_steps=2, save_every=0,
-                                                                       max_grad_norm=1.0)),
-          tmp_path / "ext", seed=2, progress=False)
-    two = load_file(str(tmp_path / "ext" / "trainable.safetensors"))
-    more = _rloo("tiny-gpt2", **settings)
-    train(more, arith_task, examples, long, tmp_path / "ext", seed=2, progress=False)
-    a = load_file(str(tmp_path / "long" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "ext" / "trainable.safetensors"))
-    start = _rloo("tiny-gpt2", **settings).trainable_state_dict()
-    assert any(not torch.equal(two[k], start[k]) for k in two), "the first part trained nothing"
-    assert any(not torch.equal(two[k], b[k]) for k in b), "the extension trained nothing"
+    # with seed 2, steps 1, 2 and 3 have mixed rewards (step 0 none), so both halves train
+    _, a = _train_tiny(arith_task, tmp_path / "long", settings, 4, seed=2)
+    _, two = _train_tiny(arith_task, tmp_path / "ext", settings, 2, seed=2)
+    _, b = _train_tiny(arith_task, tmp_path / "ext", settings, 4, seed=2)
+    assert _changed(two, _rloo("tiny-gpt2", **settings).trainable_state_dict()), "the first part trained nothing"
+    assert _changed(two, b), "the extension trained nothing"
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
