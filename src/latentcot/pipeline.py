@@ -276,7 +276,7 @@ def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> Non
     old = _flatten(read_back_yaml(path))
     new = _flatten(json.loads(json.dumps(res.to_dict())))
     # A field added after the directory was made (in any section) counts as its default there.
-    defaults = {f"{name}.{k}": v for name in _SECTIONS for k, v in _field_defaults(getattr(res, name)).items()}
+    defaults = {f"{sec}.{k}": v for sec in _SECTIONS for k, v in _field_defaults(getattr(res, sec)).items()}
     old = {**{k: v for k, v in defaults.items() if k in new and k not in old}, **old}
     if training:  # training uses the first seed (data order, initialisation)
         old["run.first_seed"] = (old.get("run.seeds") or [None])[0]
