@@ -276,7 +276,7 @@ def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> Non
     old = _flatten(read_back_yaml(path))
     new = _flatten(json.loads(json.dumps(res.to_dict())))
     # A field added after the directory was made (in any section) counts as its default there.
-    defaults = {f"{sec}.{k}": v for sec in _SECTIONS for k, v in _field_defaults(getattr(res, sec)).items()}
+    defaults = _flatten(json.loads(json.dumps({sec: to_dict(type(getattr(res, sec))()) for sec in _SECTIONS})))
     old = {**{k: v for k, v in defaults.items() if k in new and k not in old}, **old}
     if training:  # training uses the first seed (data order, initialisation)
         old["run.first_seed"] = (old.get("run.seeds") or [None])[0]
@@ -290,17 +290,6 @@ def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> Non
             f"{out_dir} holds a run with other settings ({key}: {old.get(k)!r} there, {new.get(k)!r} now): "
             f"set {key}={_show(old.get(k))} to resume it, pass another --out, or delete that directory to start over"
         )
-
-
-def _field_defaults(section: Any) -> dict[str, Any]:
-    """The default of each field of a config dataclass that has one, as `to_dict` writes it (JSON-shaped)."""
-    out = {}
-    for f in dataclasses.fields(section):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return json.loads(json.dumps(out, default=lambda v: dataclasses.asdict(v)))
 
 
 def _show(value: Any) -> str:
