@@ -21,6 +21,7 @@ import argparse
 import itertools
 import logging
 import resource
+from pathlib import Path
 
 import torch
 
@@ -45,6 +46,8 @@ def main() -> None:
     a = p.parse_args()
     if not a.smollm2 and not a.sft:
         p.error("give --sft RUN (pointer chasing) or --smollm2")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # made now, not after minutes of rollouts
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     from latentcot.objectives.rloo import rewards_from_scores, rloo_advantages
@@ -75,13 +78,15 @@ def main() -> None:
             off += q.numel()
         train = select_examples(task, "train", 0, 0)
         parts: dict[str, list[torch.Tensor]] = {"gauss": [], "token": []}
-        ents = []
+        ents: list[float] = []
+        rewards: list[torch.Tensor] = []
         for b in range(a.batches):
             method.step = 10_000 + b  # rollout seeds differ per batch
             ex = train[b * a.prompts:(b + 1) * a.prompts]
             rows, outs, records = method.rollout_rows(ex, task)
             scores = [task.score(e, o.text) for e, o in zip(rows, outs)]
             grouped = rewards_from_scores(scores).view(len(ex), a.group_size)
+            rewards.append(grouped)
             adv = rloo_advantages(grouped, pairs=method.cfg.antithetic).flatten()
             ents += [e for r in records for e in r.entropies]
             rep = method.replay(records)
@@ -101,9 +106,12 @@ def main() -> None:
             share = sum(float(g[emb_slice].pow(2).sum() / g.pow(2).sum().clamp_min(1e-30)) for g in gs) / len(gs)
             lines.append(f"| {mode} | {name} | {sum(norms) / len(norms):.3g} | {sum(cos) / max(1, len(cos)):.3f} | {share:.2f} |")
         lines.append(f"| {mode} | (mean entropy of p over CoT steps {sum(ents) / max(1, len(ents)):.3f}) | | | |")
+        r = torch.cat(rewards)  # (batches x prompts, G)
+        equal = float((r == r[:, :1]).all(-1).float().mean())
+        lines.append(f"| {mode} | (mean reward {float(r.mean()):.1f}, groups with all rewards equal {equal:.2f}) | | | |")
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     lines.append(f"\n{a.batches} batches of {a.prompts} x {a.group_size} rollouts per mode; process CPU {cpu.ru_utime + cpu.ru_stime:.0f} s")
-    open(a.out, "w").write("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
