@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--modes", nargs="+", default=["hard", "soft", "fuzzy"])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seed", type=int, default=0, help="run seed of the rollouts' noise (as `latentcot train`'s seed)")
     a = p.parse_args()
     if not a.smollm2 and not a.sft:
         p.error("give --sft RUN (pointer chasing) or --smollm2")
@@ -66,6 +67,9 @@ def main() -> None:
                            "init_from": a.sft, "think_end": "####", "max_cot_tokens": a.k + 2, "max_answer_tokens": 2}
         values = {**task_values, "device": "cpu", "method": "rloo", "rollout_mode": mode, "group_size": a.group_size,
                   "prompts_per_step": a.prompts, "progress": False, **dict(x.split("=", 1) for x in a.set)}
+        # The rloo method seeds its rollouts from torch's seed, as training seeds it; unseeded, torch draws a new
+        # seed in every process and no two runs of this script would see the same rollouts.
+        torch.manual_seed(a.seed)
         method, task = build(resolve(values))
         method.train()
         emb = method.backbone.model.get_input_embeddings().weight
