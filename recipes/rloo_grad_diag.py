@@ -43,7 +43,6 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--modes", nargs="+", default=["hard", "soft", "fuzzy"])
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--seed", type=int, default=0, help="run seed of the rollouts' noise (as `latentcot train`'s seed)")
     a = p.parse_args()
     if not a.smollm2 and not a.sft:
         p.error("give --sft RUN (pointer chasing) or --smollm2")
@@ -51,7 +50,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)  # made now, not after minutes of rollouts
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    from latentcot.objectives.rloo import rewards_from_scores, rloo_advantages
+    from latentcot.objectives.rloo import rloo_advantages
     from latentcot.pipeline import build, resolve, select_examples
     from latentcot.training.rollout import GAUSS
 
@@ -67,10 +66,11 @@ def main() -> None:
                            "init_from": a.sft, "think_end": "####", "max_cot_tokens": a.k + 2, "max_answer_tokens": 2}
         values = {**task_values, "device": "cpu", "method": "rloo", "rollout_mode": mode, "group_size": a.group_size,
                   "prompts_per_step": a.prompts, "progress": False, **dict(x.split("=", 1) for x in a.set)}
-        # The rloo method seeds its rollouts from torch's seed, as training seeds it; unseeded, torch draws a new
-        # seed in every process and no two runs of this script would see the same rollouts.
-        torch.manual_seed(a.seed)
-        method, task = build(resolve(values))
+        res = resolve(values)
+        # As `latentcot train`: the rloo method seeds its rollouts from torch's seed, which torch otherwise draws
+        # anew in every process (no two runs of this script would see the same rollouts). `--set run.seed=N` sets it.
+        torch.manual_seed(res.run.seeds[0])
+        method, task = build(res)
         method.train()
         emb = method.backbone.model.get_input_embeddings().weight
         params = [q for q in method.parameters() if q.requires_grad]
@@ -83,22 +83,20 @@ def main() -> None:
         train = select_examples(task, "train", 0, 0)
         parts: dict[str, list[torch.Tensor]] = {"gauss": [], "token": []}
         ents: list[float] = []
-        rewards: list[torch.Tensor] = []
+        rollout_logs: list[dict[str, float]] = []
         for b in range(a.batches):
             method.step = 10_000 + b  # rollout seeds differ per batch
             ex = train[b * a.prompts:(b + 1) * a.prompts]
-            rows, outs, records = method.rollout_rows(ex, task)
-            scores = [task.score(e, o.text) for e, o in zip(rows, outs)]
-            grouped = rewards_from_scores(scores).view(len(ex), a.group_size)
-            rewards.append(grouped)
-            adv = rloo_advantages(grouped, pairs=method.cfg.antithetic).flatten()
+            records, rewards, logs = method.scored_rollouts(ex, task)  # what a training step logs, too
+            rollout_logs.append(logs)
+            adv = rloo_advantages(rewards.view(len(ex), a.group_size), pairs=method.cfg.antithetic).flatten()
             ents += [e for r in records for e in r.entropies]
             rep = method.replay(records)
             kinds = [kind for r in records for _, kind, _ in r.choices]
             gauss = torch.tensor([k == GAUSS for k in kinds])
             assert len(kinds) == rep.choice_logp.numel()
             a_choice = adv[rep.choice_row]
-            n = len(rows)
+            n = len(records)
             for name, mask in (("gauss", gauss), ("token", ~gauss)):
                 if mask.any():
                     parts[name].append(grads(method, -(a_choice[mask] * rep.choice_logp[mask]).sum() / n))
@@ -110,9 +108,8 @@ def main() -> None:
             share = sum(float(g[emb_slice].pow(2).sum() / g.pow(2).sum().clamp_min(1e-30)) for g in gs) / len(gs)
             lines.append(f"| {mode} | {name} | {sum(norms) / len(norms):.3g} | {sum(cos) / max(1, len(cos)):.3f} | {share:.2f} |")
         lines.append(f"| {mode} | (mean entropy of p over CoT steps {sum(ents) / max(1, len(ents)):.3f}) | | | |")
-        r = torch.cat(rewards)  # (batches x prompts, G)
-        equal = float((r == r[:, :1]).all(-1).float().mean())
-        lines.append(f"| {mode} | (mean reward {float(r.mean()):.1f}, groups with all rewards equal {equal:.2f}) | | | |")
+        reward, equal = (sum(g[key] for g in rollout_logs) / len(rollout_logs) for key in ("reward", "all_equal_groups"))
+        lines.append(f"| {mode} | (mean reward {reward:.1f}, groups with all rewards equal {equal:.2f}) | | | |")
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     lines.append(f"\n{a.batches} batches of {a.prompts} x {a.group_size} rollouts per mode; process CPU {cpu.ru_utime + cpu.ru_stime:.0f} s")
     out.write_text("\n".join(lines) + "\n")
