@@ -8,7 +8,12 @@ made differs:
 - soft gather:   softmax(logits / 0.6), top-k with top-p / min-p, sum_k p_k E[k] through the embedding module;
 - soft method:   `soft_thinking`'s own `think_inputs` (the above plus the entropy Cold Stop reads);
 - soft gumbel:   the method with randomness=gumbel (per-row random streams);
-- soft dense:    the same weights as a dense (B, V) @ (V, d) product, for comparison.
+- soft dense:    the same weights as a dense (B, V) @ (V, d) product, for comparison;
+- hard (again):  the hard step a second time, as a control: its ratio to the hard step shows the bench's resolution.
+
+The modes take turns step by step, each stepping its own state, in an order shuffled anew every round (seeded), and
+their states are prefilled in that order. A fixed order biased the ratios by up to 0.02: two copies of one mode
+measured 1.15x and 1.13x against the hard step depending on their places in the turn (2026-11-30).
 
     .venv/bin/python bench/soft_step.py                                   # tiny-llama, batch 8, ~1 minute
     .venv/bin/python bench/soft_step.py --model smollm2-135m-instruct --batch 8 --steps 32
@@ -22,6 +27,7 @@ logits, and the hard input likewise.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -77,16 +83,20 @@ def modes(bb: Backbone, k: int, batch: int) -> dict[str, Step]:
         "soft method": lambda s: vanilla.think_inputs(s.logits, rand, gen).embeds,
         "soft gumbel": lambda s: gumbel.think_inputs(s.logits, rand, gen).embeds,
         "soft dense": dense,
+        "hard (again)": lambda s: bb.embed(s.logits.argmax(-1)),
     }
 
 
-def time_modes(bb: Backbone, texts: list[str], steps: int, table: dict[str, Step]) -> dict[str, float]:
+def time_modes(
+    bb: Backbone, texts: list[str], steps: int, table: dict[str, Step], order: list[str] | None = None
+) -> dict[str, float]:
     """Seconds per mode for `steps` KV-cached steps (prefill not timed), the modes interleaved step by step
-    (each mode steps its own state; the order rotates), so a change in the machine's speed hits every mode alike."""
+    (each mode steps its own state; the order rotates), so a change in the machine's speed hits every mode alike.
+    `order`: the modes' places in the turn and the order their states are prefilled (default: the table's)."""
     eng = Engine(bb)
     rows = [[tokens(bb.encode(t))] for t in texts]
     batch = splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0)
-    names = list(table)
+    names = list(order or table)
     states = {name: eng.prefill(batch) for name in names}
     spent = dict.fromkeys(names, 0.0)
     with torch.inference_mode():  # where a generation makes its soft inputs: inside the engine's inference-mode loop
@@ -148,8 +158,8 @@ def stages(bb: Backbone, texts: list[str], k: int, batch: int, steps: int, round
     time_modes(bb, texts, 2, table)  # warm-up
     inloop.clear()
     hard_clock["hard"] = 0.0
-    for _ in range(rounds):
-        time_modes(bb, texts, steps, table)
+    for r in range(rounds):
+        time_modes(bb, texts, steps, table, ["hard", "gumbel"][:: 1 if r % 2 else -1])
     n = rounds * steps
     hard_inloop = hard_clock["hard"] / n
     eng = Engine(bb)
@@ -188,22 +198,26 @@ def main() -> None:
     time_modes(bb, texts, 2, table)  # warm-up
     watch = preflight(args.allow_contended)
     runs: dict[str, list[float]] = {name: [] for name in table}
+    shuffler = random.Random(0)
     for _ in range(args.repeats):
-        for name, t in time_modes(bb, texts, args.steps, table).items():
+        order = list(table)
+        shuffler.shuffle(order)
+        for name, t in time_modes(bb, texts, args.steps, table, order).items():
             runs[name].append(t)
     print(
         f"model {args.model} (V={bb.vocab_size}, d={bb.hidden_size}), batch {args.batch}, {args.steps} cached steps, "
-        f"top-k {args.top_k}, {args.repeats} rounds (modes interleaved step by step), {torch.get_num_threads()} threads"
+        f"top-k {args.top_k}, {args.repeats} rounds (modes interleaved step by step, shuffled order), "
+        f"{torch.get_num_threads()} threads"
     )
     print("vs hard: the median over rounds of (this mode's time / the hard step's time in the same round), with the")
     print("quartiles of that ratio; within a round the modes take turns step by step, so the machine's drift (which")
-    print("moves single timings by +-20% on this machine) hits them alike")
+    print("moves single timings by +-20% on this machine) hits them alike; 'hard (again)' is the control")
     print(f"{'mode':<12} {'ms/step':>9} {'vs hard':>8} {'quartiles':>13}")
     for name, times in runs.items():
         ratios = sorted(t / h for t, h in zip(times, runs["hard"]))
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-        print(f"{name:<12} {statistics.median(times) / args.steps * 1e3:>9.3f} {statistics.median(ratios):>7.2f}x "
-              f"{q[0]:>6.2f}-{q[2]:.2f}")
+        print(f"{name:<12} {statistics.median(times) / args.steps * 1e3:>9.3f} {statistics.median(ratios):>7.3f}x "
+              f"{q[0]:>6.3f}-{q[2]:.3f}")
     if args.stages:
         stages(bb, texts, args.top_k, args.batch, args.steps, max(3, args.repeats // 3))
     print(verdict(watch))

@@ -231,3 +231,67 @@ def test_a_drawing_loop_draws_one_block_per_many_steps():
     a.zero_()
     b = rand.uniform(15)
     assert bool((b > 0).all()) and not torch.equal(b, first[-1])
+
+
+@pytest.mark.parametrize("block", [1024, 40, 1])
+def test_mapped_draws_equal_the_map_of_the_plain_draws(monkeypatch, block):
+    """`mapped_uniform(fn, ...)` maps a block drawn ahead once and hands out views of it; every number equals fn
+    applied to the plain stream's draw of that step (fn = the Gumbel noise's own map, and a second map so that two
+    maps of one block take turns), through plain draws of the same shape in between, row views, other shapes and
+    normals (a random script of 500 operations; small blocks run out and restart)."""
+    import latentcot.decoding.sampling as sampling
+    from latentcot.models.soft import _log_neg_log
+
+    monkeypatch.setattr(sampling, "BLOCK_NUMBERS", block)
+    seeds = [row_seed(5, f"q{i}", 0) for i in range(5)]
+    rand, plain = RowRandom(seeds), _PlainStreams(seeds)
+    script = torch.Generator().manual_seed(1)
+
+    def square_root(u):
+        return u.sqrt_()
+
+    def pick(n):
+        return int(torch.randint(0, n, (), generator=script))
+
+    shape = (15,)
+    for step in range(500):
+        op = pick(16)
+        if op < 10:
+            if pick(25) == 0:
+                shape = [(), (4,), (15,), (2, 3)][pick(4)]
+            fn = (_log_neg_log, square_root)[pick(4) == 0]
+            keep = None if pick(4) else sorted(set(pick(5) for _ in range(1 + pick(5))))
+            view = rand if keep is None else rand.select(keep)
+            got, want = view.mapped_uniform(fn, *shape), fn(plain.uniform(shape, keep))
+        elif op < 14:
+            got, want = rand.uniform(*shape), plain.uniform(shape, None)
+        elif op == 14:
+            got, want = rand.normal(3), plain.normal(plain.gens, 3)
+        else:
+            got, want = rand.uniform(4, rows=[3, 1]), plain.uniform((4,), [3, 1])
+        assert torch.equal(got, want), step
+    for g, h in zip(rand.generators, plain.gens):
+        assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=h))
+
+
+def test_gumbel_noise_is_mapped_once_per_block(monkeypatch):
+    """A Gumbel-noise loop maps its draws one step at a time until the rows draw a block ahead (third draw), then maps
+    that whole block once and serves views of it: 60 steps of 4 rows x 15 numbers (blocks of 1024 // 15 = 68 steps)
+    make four maps, the last of shape (68, 4, 15). The values are the Gumbel formula's on the plain stream's draws."""
+    import latentcot.models.soft as soft
+
+    shapes = []
+    real = soft._log_neg_log
+
+    def counted(u):
+        shapes.append(tuple(u.shape))
+        return real(u)
+
+    monkeypatch.setattr(soft, "_log_neg_log", counted)
+    seeds = [row_seed(0, f"q{i}", 0) for i in range(4)]
+    rand, plain = RowRandom(seeds), _PlainStreams(seeds)
+    for step in range(60):
+        got = gumbel_noise(rand, 15)
+        u = plain.uniform((15,), None).clamp(1e-10, 1 - 1e-7)
+        assert torch.equal(got, -torch.log(-torch.log(u))), step
+    assert shapes == [(4, 15)] * 3 + [(68, 4, 15)]

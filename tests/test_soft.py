@@ -98,6 +98,34 @@ def test_gumbel_perturb_is_gumbel_softmax_of_the_same_draws_bit_for_bit():
         assert torch.equal(gumbel_perturb(w, tau, a), gumbel_softmax(w, tau, gumbel_noise(b, 15)))
 
 
+def test_in_place_paths_give_the_out_of_place_numbers_bit_for_bit():
+    """Without a gradient, `entropy`, `top_k_filtered` and `gumbel_perturb(reuse=True)` work in place on their fresh
+    tensors; with one they keep the out-of-place formulas autograd needs. Both give the same bits (probabilities with
+    zeros and values below the 1e-30 clamp included), the gradients flow, and a reused input is the only one
+    written to."""
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(5, 40, generator=gen) * 4
+    logits[0, :10] = -200.0  # probabilities below 1e-30 (clamped in the entropy's log)
+    probs = torch.softmax(logits / 0.6, -1)
+    probs[1, 5:9] = 0.0
+    leaf = probs.clone().requires_grad_()
+    fast, slow = entropy(probs), entropy(leaf)
+    assert torch.equal(fast, slow.detach())
+    slow.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    for top_p, min_p in ((1.0, 0.0), (0.9, 0.01)):
+        w, ids = top_k_filtered(probs, 8, top_p, min_p)
+        w2, ids2 = top_k_filtered(probs.clone().requires_grad_(), 8, top_p, min_p)
+        assert torch.equal(w, w2.detach()) and torch.equal(ids, ids2) and w2.requires_grad
+    a, b = _rand(5, 3), _rand(5, 3)
+    for step in range(6):
+        w, _ = top_k_filtered(torch.softmax(torch.randn(5, 40, generator=gen), -1), 15, 0.95, 0.001)
+        keep = w.clone()
+        out = gumbel_perturb(w, 0.5, a)
+        assert torch.equal(w, keep)  # reuse off: the caller's weights untouched
+        assert torch.equal(out, gumbel_perturb(w, 0.5, b, reuse=True)), step
+
+
 def test_dirichlet_stays_on_support_and_concentrates():
     w = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.5, 0.5, 0.0, 0.0]])
     d = dirichlet_perturb(w, 1.0, _rand(2))

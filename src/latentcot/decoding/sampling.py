@@ -15,15 +15,16 @@ tensor one element after the other from the generator, so a block of m draws of 
 m separate draws would give, and rows that draw together share one block tensor, so a step's draw for the batch is
 one indexing op. Any other use of a row's generator (another shape, normals, Gamma, direct access) first puts it
 back where one-draw-at-a-time use would have left it (its state before the block, advanced by the draws handed
-out). The definition is unchanged and results for a given seed are those of earlier versions (tested against the
-plain loop).
+out). A loop that maps every draw through the same elementwise function (the Gumbel noise's log(-log u)) maps a
+block once and indexes the mapped block (`RowRandom.mapped_uniform`). The definition is unchanged and results for a
+given seed are those of earlier versions (tested against the plain loop).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -161,6 +162,7 @@ class RowRandom:
     def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
         self.streams = [_Stream(s) for s in seeds]
         self.device = torch.device(device)
+        self._mapped: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -178,16 +180,10 @@ class RowRandom:
         streams = self.streams if rows is None else [self.streams[b] for b in rows]
         if not streams:
             return torch.empty((0, *shape), device=self.device)
-        first = streams[0]
-        if first.ready(shape) and all(s.block is first.block and s.used == first.used for s in streams):
-            idx = [s.row for s in streams]
-            for s in streams:
-                s.used += 1
-            if idx == list(range(idx[0], idx[0] + len(idx))):
-                out = first.block[idx[0] : idx[0] + len(idx), first.used - 1].clone()
-            else:
-                out = first.block[torch.tensor(idx), first.used - 1]  # advanced indexing copies
-            return self._out(out)
+        held = self._from_block(streams, shape)
+        if held is not None:
+            block, sel, j = held
+            return self._out(block[sel, j].clone() if isinstance(sel, slice) else block[sel, j])  # indexing copies
         if all(s.shape == shape and s.streak >= 2 for s in streams):
             # A loop draws this shape step after step: draw a block ahead for these rows together.
             m = max(1, BLOCK_NUMBERS // max(1, math.prod(shape)))
@@ -199,6 +195,46 @@ class RowRandom:
                 s.block, s.row, s.used = block, i, 1
             return self._out(block[:, 0].clone())
         return self._out(torch.stack([s.draw(shape) for s in streams]))
+
+    def mapped_uniform(self, fn: Callable[[torch.Tensor], torch.Tensor], *shape: int) -> torch.Tensor:
+        """fn(u) for (B, *shape) uniform draws u (as `uniform` draws them), where fn is elementwise: each output
+        number is computed from the same input number alone, the same way wherever it sits in the tensor (torch's
+        CPU and CUDA elementwise kernels are; checked against the step-by-step map in the tests). fn may write to
+        its fresh input.
+
+        While the rows serve a drawing loop from a block drawn ahead (see `uniform`), fn maps the whole block once
+        and each step's result is a view into the mapped block: the same numbers as fn(uniform(...)), with no
+        per-step map. The result is to be read, not written to.
+        """
+        held = self._from_block(self.streams, shape) if self.streams else None
+        if held is None:
+            return fn(self.uniform(*shape))
+        block, sel, j = held
+        if self._mapped is None or self._mapped[0] is not block or self._mapped[1] is not fn:
+            # (m, B, *shape): step j of every row is one contiguous slice
+            steps = self._out(block).transpose(0, 1).clone(memory_format=torch.contiguous_format)
+            self._mapped = (block, fn, fn(steps))
+        if isinstance(sel, slice) and sel == slice(0, block.shape[0]):
+            return self._mapped[2][j]  # every row of the block, in order (the common case: one op cheaper)
+        return self._mapped[2][j, sel]
+
+    def _from_block(
+        self, streams: list[_Stream], shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, slice | torch.Tensor, int] | None:
+        """(block, the streams' rows in it, step index) when every stream's next draw of `shape` is the same step of
+        one block (the streams' draw counters advance), else None."""
+        first = streams[0]
+        block, j = first.block, first.used
+        if block is None or first.shape != shape or j >= block.shape[1]:
+            return None
+        start, in_order = first.row, True
+        for i, s in enumerate(streams):
+            if s.block is not block or s.used != j:
+                return None
+            in_order = in_order and s.row == start + i
+        for s in streams:
+            s.used = j + 1
+        return block, (slice(start, start + len(streams)) if in_order else torch.tensor([s.row for s in streams])), j
 
     def normal(self, *shape: int) -> torch.Tensor:
         """(B, *shape) standard normal draws, row b from its own stream.

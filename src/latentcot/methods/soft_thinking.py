@@ -111,7 +111,7 @@ class SoftThinking(ThinkingMethod):
         if c.randomness == "dirichlet" and c.dirichlet_order == "after_top_k":
             w = dirichlet_perturb(w, c.dirichlet_gamma, rand)
         elif c.randomness == "gumbel":
-            w = gumbel_perturb(w, c.gumbel_tau, rand)
+            w = gumbel_perturb(w, c.gumbel_tau, rand, reuse=True)  # w: top_k_filtered's fresh weights
         if c.randomness != "none":
             w, order = w.sort(-1, descending=True)  # (n, k): the visible token is the heaviest after noise
             ids = ids.gather(-1, order)

@@ -51,7 +51,10 @@ def token_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats along the last dimension (0 log 0 = 0). (..., V) -> (...)."""
     p = _f32(probs)
-    return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    if p.requires_grad and torch.is_grad_enabled():
+        return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    # The same numbers without a gradient, on two fresh tensors instead of five (x * p = p * x in IEEE)
+    return p.clamp_min(1e-30).log_().mul_(p).sum(-1).neg_()
 
 
 def top_k_filtered(
@@ -74,10 +77,11 @@ def top_k_filtered(
     k = min(k, probs.shape[-1])
     w, ids = torch.topk(_f32(probs), k, dim=-1)  # (B, k) each, descending
     if top_p < 1.0:
-        w.masked_fill_((w.cumsum(-1) - w) >= _number(top_p, w.device), 0.0)  # in place: w is topk's own output
+        w.masked_fill_(w.cumsum(-1).sub_(w) >= _number(top_p, w.device), 0.0)  # in place: w is topk's own output
     if min_p > 0:
         w.masked_fill_(w < _number(min_p, w.device) * w[:, :1], 0.0)
-    return w / w.sum(-1, keepdim=True), ids
+    total = w.sum(-1, keepdim=True)
+    return (w / total if w.requires_grad else w.div_(total)), ids
 
 
 def mix_embeddings(weights: torch.Tensor, ids: torch.Tensor, embed: Embed) -> torch.Tensor:
@@ -154,16 +158,19 @@ def dirichlet_top_k(
     return top / top.sum(-1, keepdim=True), ids.gather(-1, pos)
 
 
+def _log_neg_log(u: torch.Tensor) -> torch.Tensor:
+    """log(-log u) of uniforms u clamped away from 0 and 1, in place (elementwise: `RowRandom.mapped_uniform`)."""
+    return u.clamp_(1e-10, 1.0 - 1e-7).log_().neg_().log_()
+
+
 def _log_neg_log_uniform(rand: RowRandom | None, k: int) -> torch.Tensor:
-    """(B, k) log(-log u) = -g for uniform draws u (clamped away from 0 and 1), row b from its own stream."""
-    rand = require_random(rand, "Gumbel noise (randomness=gumbel)")
-    u = rand.uniform(k).clamp_(1e-10, 1.0 - 1e-7)  # (B, k), a fresh tensor: in place from here on
-    return u.log_().neg_().log_()
+    """(B, k) log(-log u) = -g for uniform draws u, row b from its own stream (to be read, not written to)."""
+    return require_random(rand, "Gumbel noise (randomness=gumbel)").mapped_uniform(_log_neg_log, k)
 
 
 def gumbel_noise(rand: RowRandom | None, k: int) -> torch.Tensor:
     """(B, k) standard Gumbel draws -log(-log u), row b from its own stream."""
-    return _log_neg_log_uniform(rand, k).neg_()
+    return _log_neg_log_uniform(rand, k).neg()
 
 
 def gumbel_softmax(weights: torch.Tensor, tau: float, gumbel: torch.Tensor) -> torch.Tensor:
@@ -175,12 +182,17 @@ def gumbel_softmax(weights: torch.Tensor, tau: float, gumbel: torch.Tensor) -> t
     return torch.softmax(logp.add_(gumbel.to(logp.device)).div_(tau), dim=-1)
 
 
-def gumbel_perturb(weights: torch.Tensor, tau: float, rand: RowRandom | None) -> torch.Tensor:
+def gumbel_perturb(weights: torch.Tensor, tau: float, rand: RowRandom | None, reuse: bool = False) -> torch.Tensor:
     """`gumbel_softmax(weights, tau, gumbel_noise(rand, k))` in two ops fewer, bit for bit: log p + g is computed as
     log p - log(-log u) (IEEE subtraction is the addition of the negation), so g's last negation is never made.
-    weights (B, k) -> (B, k)."""
+    weights (B, k) -> (B, k). reuse: `weights` may be overwritten (a fresh tensor the caller no longer reads: one
+    allocation less per step; ignored when it needs a gradient)."""
     neg_g = _log_neg_log_uniform(rand, weights.shape[-1])
-    return torch.softmax(torch.log(_f32(weights)).sub_(neg_g.to(weights.device)).div_(_number(tau, weights.device)), dim=-1)
+    w = _f32(weights)
+    if neg_g.device != w.device:
+        neg_g = neg_g.to(w.device)
+    logp = w.log_() if reuse and not w.requires_grad else torch.log(w)
+    return torch.softmax(logp.sub_(neg_g).div_(_number(tau, w.device)), dim=-1)
 
 
 def noise_sigma(matrix: torch.Tensor, scale: float = 0.33, embed_scale: float = 1.0, chunk: int = 8192) -> float:
