@@ -64,6 +64,22 @@ def test_train_then_eval_with_weights(tmp_path, capsys):
                  "--out", str(tmp_path / "e"), "--no-progress", f"weights={out}", "max_new_tokens=4"]) == 0
 
 
+def test_eval_with_weights_of_other_settings_names_the_run_s_settings(tmp_path, capsys):
+    """Weights trained with other structure settings (a LoRA rank, here) do not fit the method built for the
+    evaluation: the one-line error names the settings the run was trained with (from its train_config.yaml)."""
+    out = tmp_path / "t"
+    assert main(["train", "--method", "lora", "--model", "tiny-llama", "--task", "pointer_chase", "--out", str(out),
+                 "--no-progress", "max_steps=1", "train_batch_size=2", "lora_r=2"]) == 0
+    assert main(["eval", "--method", "lora", "--model", "tiny-llama", "--task", "pointer_chase", "--limit", "1",
+                 "--out", str(tmp_path / "e"), "--no-progress", f"weights={out}", "lora_r=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained with lora_r=2" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "e" / "samples.jsonl").exists()
+    assert main(["eval", "--method", "lora", "--model", "tiny-llama", "--task", "pointer_chase", "--limit", "1",
+                 "--out", str(tmp_path / "e2"), "--no-progress", f"weights={out}", "lora_r=2",
+                 "max_new_tokens=2"]) == 0
+
+
 @pytest.mark.parametrize("method,says", [("rloo", "evaluates its start model"), ("cot_sft", "evaluates its start model"),
                                          ("pause", "they are untrained")])
 def test_eval_without_weights_says_what_it_evaluated(tmp_path, caplog, method, says):

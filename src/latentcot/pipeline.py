@@ -18,7 +18,7 @@ from typing import Any
 from latentcot import atomic
 from latentcot.config import check, field_types, from_dict, load_yaml, split_sections, to_dict
 from latentcot.decoding.sampling import GenerationConfig
-from latentcot.errors import ConfigError, DataError
+from latentcot.errors import CheckpointError, ConfigError, DataError
 from latentcot.methods import build_method, method_class
 from latentcot.methods.base import Method
 from latentcot.models.backbone import Backbone
@@ -240,13 +240,36 @@ def build(res: Resolved) -> tuple[Method, Task]:
     if res.run.weights:
         from latentcot.training.checkpoint import load_weights
 
-        method.load_trainable_state_dict(load_weights(res.run.weights), res.run.weights)
+        try:
+            method.load_trainable_state_dict(load_weights(res.run.weights), res.run.weights)
+        except CheckpointError as e:
+            hint = trained_with(res)
+            if hint is None:
+                raise
+            raise CheckpointError(f"{e}; {hint}") from None
     if res.run.backend == "vllm":
         from latentcot.decoding.vllm_backend import VLLMBackend
 
         trained = bool(res.run.weights) and any(n.startswith("backbone.") for n, _ in method.trainable_parameters())
         method.generator = VLLMBackend(method.backbone, modified=trained)
     return method, task
+
+
+def trained_with(res: Resolved) -> str | None:
+    """When `weights=` is a training run whose method settings differ from these (`lora_r`, say, which decides what
+    the trained weights are), a hint naming them as that run had them; None when there is nothing to name."""
+    from latentcot.preflight import read_back_yaml
+
+    path = Path(res.run.weights or "") / "train_config.yaml"
+    if not path.is_file():
+        return None
+    there = read_back_yaml(path).get("method") or {}
+    here = json.loads(json.dumps(to_dict(res.method)))
+    diff = [f"{k}={_show(v)}" for k, v in there.items() if k in here and here[k] != v]
+    if not diff:
+        return None
+    more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+    return f"that run was trained with {' '.join(diff[:6])}{more}: pass the same settings to load its weights"
 
 
 def select_examples(task: Task, split: str | None, offset: int, limit: int) -> list[Example]:
