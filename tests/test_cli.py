@@ -78,6 +78,11 @@ def test_eval_with_weights_of_other_settings_names_the_run_s_settings(tmp_path, 
     assert main(["eval", "--method", "lora", "--model", "tiny-llama", "--task", "pointer_chase", "--limit", "1",
                  "--out", str(tmp_path / "e2"), "--no-progress", f"weights={out}", "lora_r=2",
                  "max_new_tokens=2"]) == 0
+    (out / "train_config.yaml").write_text("method: [damaged\n")  # no hint then, the weights' own error stands
+    assert main(["eval", "--method", "lora", "--model", "tiny-llama", "--task", "pointer_chase", "--limit", "1",
+                 "--out", str(tmp_path / "e3"), "--no-progress", f"weights={out}", "lora_r=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not fit" in err and "that run was trained with" not in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("method,says", [("rloo", "evaluates its start model"), ("cot_sft", "evaluates its start model"),

@@ -263,7 +263,12 @@ def trained_with(res: Resolved) -> str | None:
     path = Path(res.run.weights or "") / "train_config.yaml"
     if not path.is_file():
         return None
-    there = read_back_yaml(path).get("method") or {}
+    try:
+        there = read_back_yaml(path).get("method")
+    except DataError:  # a damaged config: the error about the weights stands alone
+        return None
+    if not isinstance(there, dict):
+        return None
     here = json.loads(json.dumps(to_dict(res.method)))
     diff = [f"{k}={_show(v)}" for k, v in there.items() if k in here and here[k] != v]
     if not diff:
