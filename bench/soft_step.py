@@ -122,7 +122,7 @@ def gumbel_stages(bb: Backbone, k: int, batch: int, clock: dict[str, float]) -> 
         t.append(time.perf_counter())
         w, ids = top_k_filtered(probs, c.soft_top_k, c.think_top_p, c.think_min_p)
         t.append(time.perf_counter())
-        w = gumbel_perturb(w, c.gumbel_tau, rand)
+        w = gumbel_perturb(w, c.gumbel_tau, rand, reuse=True)  # as think_inputs calls it
         t.append(time.perf_counter())
         w, order = w.sort(-1, descending=True)
         ids = ids.gather(-1, order)
