@@ -224,9 +224,9 @@ class RowRandom:
         """(block, the streams' rows in it, step index) when every stream's next draw of `shape` is the same step of
         one block (the streams' draw counters advance), else None."""
         first = streams[0]
-        block, j = first.block, first.used
-        if block is None or first.shape != shape or j >= block.shape[1]:
+        if not first.ready(shape):
             return None
+        block, j = first.block, first.used
         start, in_order = first.row, True
         for i, s in enumerate(streams):
             if s.block is not block or s.used != j:
