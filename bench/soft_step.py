@@ -18,6 +18,11 @@ measured 1.15x and 1.13x against the hard step depending on their places in the 
     .venv/bin/python bench/soft_step.py                                   # tiny-llama, batch 8, ~1 minute
     .venv/bin/python bench/soft_step.py --model smollm2-135m-instruct --batch 8 --steps 32
     .venv/bin/python bench/soft_step.py --stages      # + where a Gumbel soft input's time goes, op group by group
+    .venv/bin/python bench/soft_step.py --generate    # + whole generations: cot against soft_thinking
+
+`--generate` times whole generations the way `latentcot eval` runs them (the method's `generate`, with the
+thinking controller's per-row bookkeeping): `cot` with hard tokens against `soft_thinking` plain and Gumbel, the
+same questions and number of steps (EOS ignored, Cold Stop off), as seconds per decode step.
 
 `--stages` times the Gumbel soft input's parts (the calls `soft_thinking.think_inputs` makes, in its order) two
 ways: inside the decode loop (each right after a forward, as in generation) and alone in a tight loop on the same
@@ -38,6 +43,7 @@ from machine import preflight, verdict
 from latentcot.decoding.engine import DecodeState, Engine
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
 from latentcot.methods import build_method
+from latentcot.methods.base import generate_batched
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
 from latentcot.models.soft import (
@@ -50,6 +56,7 @@ from latentcot.models.soft import (
     top_k_filtered,
 )
 from latentcot.models.splice import splice, tokens
+from latentcot.tasks import get_task
 
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell?",
@@ -179,6 +186,47 @@ def stages(bb: Backbone, texts: list[str], k: int, batch: int, steps: int, round
     print(f"{'hard input (argmax, E)':<24} {hard_inloop:>11.1f} {hard_clock['hard'] / n:>7.1f}")
 
 
+def generations(bb: Backbone, k: int, batch: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per decode step of whole generations (one list per arm, one entry per round, arms in an order
+    shuffled every round): `cot` greedy with hard tokens for `steps` tokens, and `soft_thinking` (plain and
+    Gumbel) thinking `steps` steps, then its marker and one answer token. EOS is ignored and Cold Stop is off, so
+    every row of an arm runs the same number of steps (the longest row's decode steps divide the time)."""
+    task = get_task("gsm8k")
+    exs = task.load("test")[:batch]
+    soft = {"soft_top_k": k, "max_think_steps": steps, "cold_stop_steps": 0}
+    arms = {
+        "hard (cot)": (build_method("cot", {}, bb), GenerationConfig(max_new_tokens=steps, ignore_eos=True)),
+        "soft thinking": (build_method("soft_thinking", soft, bb), GenerationConfig(max_new_tokens=1, ignore_eos=True)),
+        "soft gumbel": (build_method("soft_thinking", {**soft, "randomness": "gumbel"}, bb),
+                        GenerationConfig(max_new_tokens=1, ignore_eos=True)),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in arms}
+    shuffler = random.Random(1)
+    for r in range(rounds + 1):  # round 0 warms up
+        order = list(arms)
+        shuffler.shuffle(order)
+        for name in order:
+            method, gen = arms[name]
+            rand = RowRandom([row_seed(0, str(i), 0) for i in range(batch)], bb.device)
+            t0 = time.perf_counter()
+            outs = generate_batched(method, exs, task, gen, rand)
+            spent = time.perf_counter() - t0
+            if r:
+                runs[name].append(spent / max(o.decode_steps for o in outs))
+    return runs
+
+
+def report(runs: dict[str, list[float]], per: int = 1) -> None:
+    """Each arm's median time per step (ms) and the median and quartiles of its per-round ratio to the first arm."""
+    base = next(iter(runs.values()))
+    print(f"{'mode':<14} {'ms/step':>9} {'vs hard':>8} {'quartiles':>13}")
+    for name, times in runs.items():
+        ratios = sorted(t / h for t, h in zip(times, base))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        print(f"{name:<14} {statistics.median(times) / per * 1e3:>9.3f} {statistics.median(ratios):>7.3f}x "
+              f"{q[0]:>6.3f}-{q[2]:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-llama")
@@ -189,6 +237,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     ap.add_argument("--stages", action="store_true", help="also time the Gumbel soft input's parts (see above)")
+    ap.add_argument("--generate", action="store_true", help="also time whole generations, cot vs soft_thinking")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
@@ -212,12 +261,11 @@ def main() -> None:
     print("vs hard: the median over rounds of (this mode's time / the hard step's time in the same round), with the")
     print("quartiles of that ratio; within a round the modes take turns step by step, so the machine's drift (which")
     print("moves single timings by +-20% on this machine) hits them alike; 'hard (again)' is the control")
-    print(f"{'mode':<12} {'ms/step':>9} {'vs hard':>8} {'quartiles':>13}")
-    for name, times in runs.items():
-        ratios = sorted(t / h for t, h in zip(times, runs["hard"]))
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-        print(f"{name:<12} {statistics.median(times) / args.steps * 1e3:>9.3f} {statistics.median(ratios):>7.3f}x "
-              f"{q[0]:>6.3f}-{q[2]:.3f}")
+    report(runs, args.steps)
+    if args.generate:
+        print(f"\nwhole generations (the methods' generate, as `latentcot eval` runs them), {args.steps} steps, "
+              f"{max(3, args.repeats // 3)} rounds:")
+        report(generations(bb, args.top_k, args.batch, args.steps, max(3, args.repeats // 3)))
     if args.stages:
         stages(bb, texts, args.top_k, args.batch, args.steps, max(3, args.repeats // 3))
     print(verdict(watch))

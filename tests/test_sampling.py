@@ -274,10 +274,13 @@ def test_mapped_draws_equal_the_map_of_the_plain_draws(monkeypatch, block):
         assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=h))
 
 
-def test_gumbel_noise_is_mapped_once_per_block(monkeypatch):
+@pytest.mark.parametrize("views", [False, True])
+def test_gumbel_noise_is_mapped_once_per_block(monkeypatch, views):
     """A Gumbel-noise loop maps its draws one step at a time until the rows draw a block ahead (third draw), then maps
     that whole block once and serves views of it: 60 steps of 4 rows x 15 numbers (blocks of 1024 // 15 = 68 steps)
-    make four maps, the last of shape (68, 4, 15). The values are the Gumbel formula's on the plain stream's draws."""
+    make four maps, the last of shape (68, 4, 15). The values are the Gumbel formula's on the plain stream's draws.
+    views: each step draws through a new view of all rows (`select`, as the thinking controller does), and the
+    last 10 steps through a view of rows 1 and 3 only: the map is still made once."""
     import latentcot.models.soft as soft
 
     shapes = []
@@ -291,7 +294,8 @@ def test_gumbel_noise_is_mapped_once_per_block(monkeypatch):
     seeds = [row_seed(0, f"q{i}", 0) for i in range(4)]
     rand, plain = RowRandom(seeds), _PlainStreams(seeds)
     for step in range(60):
-        got = gumbel_noise(rand, 15)
-        u = plain.uniform((15,), None).clamp(1e-10, 1 - 1e-7)
+        keep = [1, 3] if views and step >= 50 else None
+        got = gumbel_noise(rand.select(keep or range(4)) if views else rand, 15)
+        u = plain.uniform((15,), keep).clamp(1e-10, 1 - 1e-7)
         assert torch.equal(got, -torch.log(-torch.log(u))), step
     assert shapes == [(4, 15)] * 3 + [(68, 4, 15)]

@@ -82,7 +82,6 @@ class ThinkingController:
         B = state.batch_size
         dev = state.logits.device
         ids = torch.full((B,), -1, dtype=torch.long, device=dev)
-        soft = torch.zeros(B, bb.hidden_size, device=dev)  # (B, d) float32; hard rows overwritten below
         act = active.tolist()
         decided: set[int] = set()
         thinking = []
@@ -92,9 +91,14 @@ class ThinkingController:
                     self._end(b, "budget")
                 else:
                     thinking.append(b)
+        thought_rows: list[int] = []  # rows whose next input is their thought, and their rows in `th`
+        thought_src: list[int] = []
         if thinking:
             cold_entropy, cold_steps = self.m.cold_stop()
-            th = self.m.think_inputs(state.logits[thinking], self._streams(thinking), self.gen)
+            if len(thinking) == B:  # every row thinks (the common case): no copy of the logits, no row view
+                th = self.m.think_inputs(state.logits, self.rand, self.gen)
+            else:
+                th = self.m.think_inputs(state.logits[thinking], self._streams(thinking), self.gen)
             top1s = th.top_ids[:, 0].tolist()
             ents = th.entropy.tolist()
             for j, b in enumerate(thinking):
@@ -112,10 +116,8 @@ class ThinkingController:
                     self._end(b, "cold_stop")
                 else:
                     self.think_ids[b].append(top1)
-                    if th.embeds is None:
-                        soft[b] = bb.embed(th.top_ids[j, :1]).float()[0]
-                    else:
-                        soft[b] = th.embeds[j]
+                    thought_rows.append(b)
+                    thought_src.append(j)
                     decided.add(b)
         answering = []
         for b in range(B):
@@ -134,6 +136,13 @@ class ThinkingController:
             ids[answering] = next_tokens(state.logits[answering], self.gen, self._streams(answering))
             for b in answering:
                 self.answered[b] += 1
+        soft = torch.zeros(B, bb.hidden_size, device=dev)  # (B, d) float32
+        if thought_rows:
+            # Hard thinking feeds the top-1 token's embedding, as a thought (no token emitted)
+            thoughts = (bb.embed(th.top_ids[:, 0]) if th.embeds is None else th.embeds).float()
+            if len(thought_rows) == B:
+                return thoughts, ids  # every row takes its thought: rows and thoughts are in the same order
+            soft[thought_rows] = thoughts[thought_src]
         hard = bb.embed(ids.clamp_min(0)).float()  # (B, d)
         return torch.where((ids >= 0)[:, None], hard, soft), ids
 

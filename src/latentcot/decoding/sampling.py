@@ -106,9 +106,11 @@ class _Stream:
         mark: the generator's state before the block was drawn.
         shape: the shape of the last uniform draw; streak: how many uniform draws of that shape in a row.
         leader: for antithetic pairs (`RowRandom.mirror`), the stream whose normal draws this one mirrors, or None.
+        mapped: (block, fn, fn of the block by step) of `RowRandom.mapped_uniform`, kept on the streams (not on the
+            `RowRandom`) so that the row views a decode loop makes step by step (`select`) share one map, or None.
     """
 
-    __slots__ = ("gen", "block", "row", "used", "mark", "shape", "streak", "leader")
+    __slots__ = ("gen", "block", "row", "used", "mark", "shape", "streak", "leader", "mapped")
 
     def __init__(self, seed: int) -> None:
         self.gen = torch.Generator(device="cpu")
@@ -118,6 +120,7 @@ class _Stream:
         self.mark: torch.Tensor | None = None
         self.shape: tuple[int, ...] | None = None
         self.leader: _Stream | None = None
+        self.mapped: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None
 
     def ready(self, shape: tuple[int, ...]) -> bool:
         """Whether the next draw of `shape` can come from the block."""
@@ -129,7 +132,7 @@ class _Stream:
             self.gen.set_state(self.mark)
             if self.used:
                 torch.rand((self.used, *self.shape), generator=self.gen)  # advance past the draws handed out
-        self.block = None
+        self.block = self.mapped = None
 
     def other_draw(self) -> torch.Generator:
         """The generator, settled, for a draw that is not a uniform of the current shape."""
@@ -162,7 +165,6 @@ class RowRandom:
     def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
         self.streams = [_Stream(s) for s in seeds]
         self.device = torch.device(device)
-        self._mapped: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -204,19 +206,23 @@ class RowRandom:
 
         While the rows serve a drawing loop from a block drawn ahead (see `uniform`), fn maps the whole block once
         and each step's result is a view into the mapped block: the same numbers as fn(uniform(...)), with no
-        per-step map. The result is to be read, not written to.
+        per-step map, also through a new row view (`select`) every step, as the thinking controller draws. The
+        result is to be read, not written to.
         """
         held = self._from_block(self.streams, shape) if self.streams else None
         if held is None:
             return fn(self.uniform(*shape))
         block, sel, j = held
-        if self._mapped is None or self._mapped[0] is not block or self._mapped[1] is not fn:
+        mapped = self.streams[0].mapped
+        if mapped is None or mapped[0] is not block or mapped[1] is not fn:
             # (m, B, *shape): step j of every row is one contiguous slice
             steps = self._out(block).transpose(0, 1).clone(memory_format=torch.contiguous_format)
-            self._mapped = (block, fn, fn(steps))
+            mapped = (block, fn, fn(steps))
+            for s in self.streams:
+                s.mapped = mapped
         if isinstance(sel, slice) and sel == slice(0, block.shape[0]):
-            return self._mapped[2][j]  # every row of the block, in order (the common case: one op cheaper)
-        return self._mapped[2][j, sel]
+            return mapped[2][j]  # every row of the block, in order (the common case: one op cheaper)
+        return mapped[2][j, sel]
 
     def _from_block(
         self, streams: list[_Stream], shape: tuple[int, ...]
