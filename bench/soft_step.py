@@ -22,7 +22,8 @@ measured 1.15x and 1.13x against the hard step depending on their places in the 
 
 `--generate` times whole generations the way `latentcot eval` runs them (the method's `generate`, with the
 thinking controller's per-row bookkeeping): `cot` with hard tokens against `soft_thinking` plain and Gumbel, the
-same questions and number of steps (EOS ignored, Cold Stop off), as seconds per decode step.
+same questions and number of steps (EOS ignored, Cold Stop off), as seconds per decode step (from runs of --steps
+and twice as many steps: the prefill is left out).
 
 `--stages` times the Gumbel soft input's parts (the calls `soft_thinking.think_inputs` makes, in its order) two
 ways: inside the decode loop (each right after a forward, as in generation) and alone in a tight loop on the same
@@ -188,31 +189,38 @@ def stages(bb: Backbone, texts: list[str], k: int, batch: int, steps: int, round
 
 def generations(bb: Backbone, k: int, batch: int, steps: int, rounds: int) -> dict[str, list[float]]:
     """Seconds per decode step of whole generations (one list per arm, one entry per round, arms in an order
-    shuffled every round): `cot` greedy with hard tokens for `steps` tokens, and `soft_thinking` (plain and
-    Gumbel) thinking `steps` steps, then its marker and one answer token. EOS is ignored and Cold Stop is off, so
-    every row of an arm runs the same number of steps (the longest row's decode steps divide the time)."""
+    shuffled every round): `cot` greedy with hard tokens, and `soft_thinking` (plain and Gumbel) thinking, then its
+    marker and one answer token. EOS is ignored and Cold Stop is off, so every row of an arm runs the same number
+    of steps. Each arm runs `steps` and `2 * steps` long; the difference of the two times over the difference of
+    their steps (the longest row's decode steps) leaves out the prefill and the per-call costs."""
     task = get_task("gsm8k")
     exs = task.load("test")[:batch]
-    soft = {"soft_top_k": k, "max_think_steps": steps, "cold_stop_steps": 0}
-    arms = {
-        "hard (cot)": (build_method("cot", {}, bb), GenerationConfig(max_new_tokens=steps, ignore_eos=True)),
-        "soft thinking": (build_method("soft_thinking", soft, bb), GenerationConfig(max_new_tokens=1, ignore_eos=True)),
-        "soft gumbel": (build_method("soft_thinking", {**soft, "randomness": "gumbel"}, bb),
-                        GenerationConfig(max_new_tokens=1, ignore_eos=True)),
-    }
-    runs: dict[str, list[float]] = {name: [] for name in arms}
+
+    def arms(n: int) -> dict[str, tuple]:
+        soft = {"soft_top_k": k, "max_think_steps": n, "cold_stop_steps": 0}
+        answer = GenerationConfig(max_new_tokens=1, ignore_eos=True)
+        return {
+            "hard (cot)": (build_method("cot", {}, bb), GenerationConfig(max_new_tokens=n, ignore_eos=True)),
+            "soft thinking": (build_method("soft_thinking", soft, bb), answer),
+            "soft gumbel": (build_method("soft_thinking", {**soft, "randomness": "gumbel"}, bb), answer),
+        }
+
+    def timed(method, gen) -> tuple[float, int]:
+        rand = RowRandom([row_seed(0, str(i), 0) for i in range(batch)], bb.device)
+        t0 = time.perf_counter()
+        outs = generate_batched(method, exs, task, gen, rand)
+        return time.perf_counter() - t0, max(o.decode_steps for o in outs)
+
+    short, long = arms(steps), arms(2 * steps)
+    runs: dict[str, list[float]] = {name: [] for name in short}
     shuffler = random.Random(1)
     for r in range(rounds + 1):  # round 0 warms up
-        order = list(arms)
+        order = list(short)
         shuffler.shuffle(order)
         for name in order:
-            method, gen = arms[name]
-            rand = RowRandom([row_seed(0, str(i), 0) for i in range(batch)], bb.device)
-            t0 = time.perf_counter()
-            outs = generate_batched(method, exs, task, gen, rand)
-            spent = time.perf_counter() - t0
+            (t1, s1), (t2, s2) = timed(*short[name]), timed(*long[name])
             if r:
-                runs[name].append(spent / max(o.decode_steps for o in outs))
+                runs[name].append((t2 - t1) / (s2 - s1))
     return runs
 
 

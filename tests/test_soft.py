@@ -386,3 +386,59 @@ def test_eval_runner_records_soft_steps(tiny, arith_task, tmp_path):
     assert len(rows) == 2
     for r in rows:
         assert r["decode_steps"] >= r["soft_steps"] and "thinking_text" in r["extra"]
+
+
+def _marker_walks(tok, marker: str, texts: list[str], trials: int, seed: int) -> tuple[int, int, int]:
+    """Random thinking traces glued from the token ids of `texts`: at every step the controller's marker check
+    equals the plain rule (the marker in the decoded window) until the first match. Returns (matches, checks,
+    checks answered without decoding)."""
+    method = SimpleNamespace(marker=marker, marker_ids=tok.encode(marker, add_special_tokens=False),
+                             backbone=SimpleNamespace(tokenizer=tok, eos_ids=[]))
+    pieces = [tok.encode(t, add_special_tokens=False) for t in texts]
+    rng = torch.Generator().manual_seed(seed)
+    matches = checks = skipped = 0
+    for _ in range(trials):
+        ctrl = ThinkingController(method, GenerationConfig(), None, 1)
+        trace: list[int] = []
+        while len(trace) < 40:
+            piece = pieces[int(torch.randint(0, len(pieces), (), generator=rng))]
+            cut = int(torch.randint(0, len(piece), (), generator=rng)) if torch.rand((), generator=rng) < 0.3 else 0
+            trace += piece[cut:]  # some pieces start mid-word (or mid-character)
+        for t in trace:
+            window = ctrl.think_ids[0][-ctrl.tail :] + [t]
+            want = marker.strip() in tok.decode(window, skip_special_tokens=False)
+            decoded = len(ctrl.writes_end)
+            got = ctrl._completes_marker(0, t)
+            checks += 1
+            skipped += ctrl.writes_end.get(t) is False and len(ctrl.writes_end) == decoded
+            assert got == want, (tok.decode(window), t)
+            if want:
+                matches += 1
+                break
+            ctrl.think_ids[0].append(t)
+    return matches, checks, skipped
+
+
+@pytest.mark.parametrize("marker", ["The answer is", "</think>", "Answer: é"])
+def test_marker_check_without_decoding_equals_the_plain_rule(tiny, marker):
+    """`ThinkingController._completes_marker` answers without decoding the window when the token cannot write the
+    marker's last character; on random traces of marker fragments, near misses and multi-byte characters (cut
+    mid-character too) it agrees with decoding every window, step by step. A non-ASCII last character always
+    decodes."""
+    texts = ["so The answer is 7", "The answer isn't", "answer", " is", "</think", ">", "</think>", "é", "ß",
+             "Answer: ", "Answer: é", "The answer", "s", " 12 + 3", "thinking"]
+    matches, checks, skipped = _marker_walks(tiny.tokenizer, marker, texts, 60, seed=len(marker))
+    assert matches > 10 and checks > matches
+    if marker.endswith("é"):
+        assert skipped == 0
+    else:
+        assert skipped > checks // 4  # many checks needed no decoding
+
+
+def test_marker_check_on_a_word_level_tokenizer():
+    """The same agreement with a word-level tokenizer (the decoder puts the spaces between words)."""
+    words = ["so", "The", "answer", "is", "isn't", "7", "Answer:", "thinking", "+", "12"]
+    tok = word_level_tokenizer(words)
+    matches, checks, skipped = _marker_walks(tok, "The answer is", ["so The answer is 7", "The answer isn't",
+                                             "answer", "is", "The", "12 + 7 thinking"], 60, seed=3)
+    assert matches > 10 and skipped > checks // 8

@@ -75,6 +75,11 @@ class ThinkingController:
         self.answered = [0] * B  # answer tokens sampled (the forced marker not counted)
         self.cut = [False] * B  # rows stopped here at the answer budget
         self.tail = len(method.marker_ids) + 8
+        # The stripped marker's last character, when a token's own text shows whether it can write it (see
+        # `_completes_marker`), and which tokens' texts do (filled as tokens appear)
+        end = method.marker.strip()[-1:]
+        self.marker_end = end if end.isascii() and not end.isspace() else None
+        self.writes_end: dict[int, bool] = {}
 
     def inputs(self, state: DecodeState, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Next inputs (B, d) and emitted ids (B,) (-1 for a soft step)."""
@@ -159,6 +164,22 @@ class ThinkingController:
         self.phase[b] = FORCE
 
     def _completes_marker(self, b: int, top1: int) -> bool:
+        """Whether the marker is in the text of row b's last thinking tokens followed by `top1`.
+
+        Decoding that window every step for every row costs more than the rest of a soft step's bookkeeping, so a
+        token that cannot end the marker is answered without it, exactly: every earlier window was checked (a match
+        ends thinking), and each window holds the previous one's tokens but its first, so a match now must end in
+        `top1`'s text. When the marker ends with an ASCII character, that character can only come from a token
+        whose own text has it (an ASCII byte is never part of another character; decoding adds or removes only
+        spaces).
+        """
+        if self.marker_end is not None:
+            writes = self.writes_end.get(top1)
+            if writes is None:
+                text = self.m.backbone.tokenizer.decode([top1], skip_special_tokens=False)
+                writes = self.writes_end[top1] = self.marker_end in text
+            if not writes:
+                return False
         tail = self.think_ids[b][-self.tail :] + [top1]
         return self.m.marker.strip() in self.m.backbone.tokenizer.decode(tail, skip_special_tokens=False)
 
