@@ -141,12 +141,13 @@ class ThinkingController:
             ids[answering] = next_tokens(state.logits[answering], self.gen, self._streams(answering))
             for b in answering:
                 self.answered[b] += 1
-        soft = torch.zeros(B, bb.hidden_size, device=dev)  # (B, d) float32
         if thought_rows:
             # Hard thinking feeds the top-1 token's embedding, as a thought (no token emitted)
             thoughts = (bb.embed(th.top_ids[:, 0]) if th.embeds is None else th.embeds).float()
             if len(thought_rows) == B:
                 return thoughts, ids  # every row takes its thought: rows and thoughts are in the same order
+        soft = torch.zeros(B, bb.hidden_size, device=dev)  # (B, d) float32
+        if thought_rows:
             soft[thought_rows] = thoughts[thought_src]
         hard = bb.embed(ids.clamp_min(0)).float()  # (B, d)
         return torch.where((ids >= 0)[:, None], hard, soft), ids
