@@ -272,8 +272,8 @@ def main() -> None:
     report(runs, args.steps)
     if args.generate:
         print(f"\nwhole generations (the methods' generate, as `latentcot eval` runs them), {args.steps} steps, "
-              f"{max(3, args.repeats // 3)} rounds:")
-        report(generations(bb, args.top_k, args.batch, args.steps, max(3, args.repeats // 3)))
+              f"{args.repeats} rounds:")
+        report(generations(bb, args.top_k, args.batch, args.steps, args.repeats))
     if args.stages:
         stages(bb, texts, args.top_k, args.batch, args.steps, max(3, args.repeats // 3))
     print(verdict(watch))
