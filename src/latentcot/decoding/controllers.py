@@ -100,7 +100,8 @@ class ThinkingController:
         thought_src: list[int] = []
         if thinking:
             cold_entropy, cold_steps = self.m.cold_stop()
-            if len(thinking) == B:  # every row thinks (the common case): no copy of the logits, no row view
+            if len(thinking) == B and (self.rand is None or len(self.rand) == B):
+                # every row thinks (the common case): no copy of the logits, no row view of the streams
                 th = self.m.think_inputs(state.logits, self.rand, self.gen)
             else:
                 th = self.m.think_inputs(state.logits[thinking], self._streams(thinking), self.gen)

@@ -106,8 +106,9 @@ class _Stream:
         mark: the generator's state before the block was drawn.
         shape: the shape of the last uniform draw; streak: how many uniform draws of that shape in a row.
         leader: for antithetic pairs (`RowRandom.mirror`), the stream whose normal draws this one mirrors, or None.
-        mapped: (block, fn, fn of the block by step) of `RowRandom.mapped_uniform`, kept on the streams (not on the
-            `RowRandom`) so that the row views a decode loop makes step by step (`select`) share one map, or None.
+        mapped: (block, fn, device, fn of the block by step on that device) of `RowRandom.mapped_uniform`, kept on
+            the streams (not on the `RowRandom`) so that the row views a decode loop makes step by step (`select`)
+            share one map, or None.
     """
 
     __slots__ = ("gen", "block", "row", "used", "mark", "shape", "streak", "leader", "mapped")
@@ -120,7 +121,7 @@ class _Stream:
         self.mark: torch.Tensor | None = None
         self.shape: tuple[int, ...] | None = None
         self.leader: _Stream | None = None
-        self.mapped: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None = None
+        self.mapped: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.device, torch.Tensor] | None = None
 
     def ready(self, shape: tuple[int, ...]) -> bool:
         """Whether the next draw of `shape` can come from the block."""
@@ -214,15 +215,15 @@ class RowRandom:
             return fn(self.uniform(*shape))
         block, sel, j = held
         mapped = self.streams[0].mapped
-        if mapped is None or mapped[0] is not block or mapped[1] is not fn:
+        if mapped is None or mapped[0] is not block or mapped[1] is not fn or mapped[2] != self.device:
             # (m, B, *shape): step j of every row is one contiguous slice
             steps = self._out(block).transpose(0, 1).clone(memory_format=torch.contiguous_format)
-            mapped = (block, fn, fn(steps))
+            mapped = (block, fn, self.device, fn(steps))
             for s in self.streams:
                 s.mapped = mapped
         if isinstance(sel, slice) and sel == slice(0, block.shape[0]):
-            return mapped[2][j]  # every row of the block, in order (the common case: one op cheaper)
-        return mapped[2][j, sel]
+            return mapped[3][j]  # every row of the block, in order (the common case: one op cheaper)
+        return mapped[3][j, sel]
 
     def _from_block(
         self, streams: list[_Stream], shape: tuple[int, ...]
