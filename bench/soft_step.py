@@ -191,8 +191,9 @@ def generations(bb: Backbone, k: int, batch: int, steps: int, rounds: int) -> di
     """Seconds per decode step of whole generations (one list per arm, one entry per round, arms in an order
     shuffled every round): `cot` greedy with hard tokens, and `soft_thinking` (plain and Gumbel) thinking, then its
     marker and one answer token. EOS is ignored and Cold Stop is off, so every row of an arm runs the same number
-    of steps (unless its top-1 tokens spell the end marker, which a random tiny model does not). Each arm runs `steps` and `2 * steps` long; the difference of the two times over the difference of
-    their steps (the longest row's decode steps) leaves out the prefill and the per-call costs."""
+    of steps (unless its top-1 tokens spell the end marker, which a random tiny model does not). Each arm runs
+    `steps` and `2 * steps` long; the difference of the two times over the difference of their steps (the longest
+    row's decode steps) leaves out the prefill and the per-call costs."""
     task = get_task("gsm8k")
     exs = task.load("test")[:batch]
 
