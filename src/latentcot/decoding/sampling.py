@@ -95,6 +95,9 @@ def require_random(rand: RowRandom | None, what: str) -> RowRandom:
 BLOCK_NUMBERS = 1024  # uniforms per row and block drawn ahead (a block of shape (15,) holds 68 draws)
 
 
+_Mapped = tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.device, torch.Tensor]  # `_Stream.mapped`
+
+
 class _Stream:
     """One row's generator, with the uniforms of a drawing loop taken from a block drawn ahead.
 
@@ -121,7 +124,7 @@ class _Stream:
         self.mark: torch.Tensor | None = None
         self.shape: tuple[int, ...] | None = None
         self.leader: _Stream | None = None
-        self.mapped: tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.device, torch.Tensor] | None = None
+        self.mapped: _Mapped | None = None
 
     def ready(self, shape: tuple[int, ...]) -> bool:
         """Whether the next draw of `shape` can come from the block."""
