@@ -245,8 +245,8 @@ def test_soft_steps_cached_equal_full_recompute(tiny):
     ctrl = ThinkingController(method, GenerationConfig(), _rand(3), 3)
     fed, soft = [], 0
     for _ in range(4):
-        emb, ids = ctrl.inputs(state, torch.ones(3, dtype=torch.bool))
-        soft += int((ids == -1).sum())
+        emb, ids = ctrl.inputs(state, [True] * 3)
+        soft += ids.count(-1)
         fed.append(emb)
         state = eng.step(state, emb)
     assert soft >= 6  # mostly soft steps (a row whose top-1 is EOS gets forced marker tokens instead)
@@ -300,8 +300,8 @@ def _drive(method, script: list[tuple[int, bool]]):
     emitted = []
     for top, low in script:
         state = SimpleNamespace(logits=_scripted(method.backbone, top, low), batch_size=1)
-        _, ids = ctrl.inputs(state, torch.ones(1, dtype=torch.bool))
-        emitted.append(int(ids[0]))
+        _, ids = ctrl.inputs(state, [True])
+        emitted.append(ids[0])
     return ctrl, emitted
 
 

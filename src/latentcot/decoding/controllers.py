@@ -59,6 +59,8 @@ class ThinkingController:
     which other rows share its batch or on the phase they are in.
     """
 
+    pack_reads = False  # pack the step's host reads into one copy on the CPU too (off the CPU they always are)
+
     def __init__(self, method: ThinkingPolicy, gen: GenerationConfig, rand: RowRandom | None, batch_size: int) -> None:
         self.m = method
         self.gen = gen
@@ -80,33 +82,42 @@ class ThinkingController:
         end = method.marker.strip()[-1:]
         self.marker_end = end if end.isascii() and not end.isspace() else None
         self.writes_end: dict[int, bool] = {}
+        self.top1s: list[int] = []  # the last step's thinking rows' top-1 ids and entropies (see `read`)
+        self.ents: list[float] = []
 
-    def inputs(self, state: DecodeState, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next inputs (B, d) and emitted ids (B,) (-1 for a soft step)."""
+    def inputs(self, state: DecodeState, active: Sequence[bool]) -> tuple[torch.Tensor, list[int]]:
+        """Next inputs (B, d) and the ids each row emits (-1 for a soft step), read from the device once."""
         bb, cfg = self.m.backbone, self.m.cfg
         B = state.batch_size
-        dev = state.logits.device
-        ids = torch.full((B,), -1, dtype=torch.long, device=dev)
-        act = active.tolist()
-        decided: set[int] = set()
-        thinking = []
+        ids = [-1] * B
+        thinking, answering, cut = [], [], []
         for b in range(B):
-            if act[b] and self.phase[b] == THINK:
+            if not active[b]:
+                continue
+            if self.phase[b] == THINK:
                 if len(self.think_ids[b]) >= cfg.max_think_steps:
                     self._end(b, "budget")
                 else:
                     thinking.append(b)
-        thought_rows: list[int] = []  # rows whose next input is their thought, and their rows in `th`
-        thought_src: list[int] = []
+            elif self.phase[b] == ANSWER:
+                # The answer budget is per row, after its own marker: end the row as the engine ends rows.
+                (cut if self.answered[b] >= self.gen.max_new_tokens and self.eos else answering).append(b)
+        th = sampled = None
         if thinking:
-            cold_entropy, cold_steps = self.m.cold_stop()
             if len(thinking) == B and (self.rand is None or len(self.rand) == B):
                 # every row thinks (the common case): no copy of the logits, no row view of the streams
                 th = self.m.think_inputs(state.logits, self.rand, self.gen)
             else:
                 th = self.m.think_inputs(state.logits[thinking], self._streams(thinking), self.gen)
-            top1s = th.top_ids[:, 0].tolist()
-            ents = th.entropy.tolist()
+        if answering:  # rows draw from their own streams, so sampling before the thinking rows' checks changes nothing
+            sampled = next_tokens(state.logits[answering], self.gen, self._streams(answering))
+        top1s, ents, chosen = self.read(th, sampled)
+        self.top1s, self.ents = top1s, ents  # for subclasses that record the step
+        thought_rows: list[int] = []  # rows whose next input is their thought, and their rows in `th`
+        thought_src: list[int] = []
+        decided: set[int] = set()
+        if thinking:
+            cold_entropy, cold_steps = self.m.cold_stop()
             for j, b in enumerate(thinking):
                 top1, ent = top1s[j], ents[j]
                 self.entropies[b].append(ent)
@@ -125,33 +136,52 @@ class ThinkingController:
                     thought_rows.append(b)
                     thought_src.append(j)
                     decided.add(b)
-        answering = []
-        for b in range(B):
-            if not act[b] or b in decided:
-                continue
-            if self.phase[b] == FORCE:
+        for b in range(B):  # rows in the forced-marker phase, including those whose thinking ended just now
+            if active[b] and b not in decided and self.phase[b] == FORCE:
                 ids[b] = self.queue[b].pop(0)
                 if not self.queue[b]:
                     self.phase[b] = ANSWER
-            elif self.answered[b] >= self.gen.max_new_tokens and self.eos:
-                # The answer budget is per row, after its own marker: end the row as the engine ends rows.
-                ids[b], self.cut[b] = min(self.eos), True
-            else:
-                answering.append(b)
-        if answering:
-            ids[answering] = next_tokens(state.logits[answering], self.gen, self._streams(answering))
-            for b in answering:
-                self.answered[b] += 1
+        for b in cut:
+            ids[b], self.cut[b] = min(self.eos), True
+        for b, t in zip(answering, chosen):
+            ids[b] = t
+            self.answered[b] += 1
         if thought_rows:
             # Hard thinking feeds the top-1 token's embedding, as a thought (no token emitted)
             thoughts = (bb.embed(th.top_ids[:, 0]) if th.embeds is None else th.embeds).float()
             if len(thought_rows) == B:
                 return thoughts, ids  # every row takes its thought: rows and thoughts are in the same order
+        dev = state.logits.device
+        emitted = torch.tensor(ids, device=dev)  # (B,)
         soft = torch.zeros(B, bb.hidden_size, device=dev)  # (B, d) float32
         if thought_rows:
             soft[thought_rows] = thoughts[thought_src]
-        hard = bb.embed(ids.clamp_min(0)).float()  # (B, d)
-        return torch.where((ids >= 0)[:, None], hard, soft), ids
+        hard = bb.embed(emitted.clamp_min(0)).float()  # (B, d)
+        return torch.where((emitted >= 0)[:, None], hard, soft), ids
+
+    def read(self, th: ThoughtInputs | None, sampled: torch.Tensor | None) -> tuple[list[int], list[float], list[int]]:
+        """The thinking rows' top-1 ids and entropies and the answering rows' sampled ids, as Python numbers.
+
+        The step's one device-to-host transfer: off the CPU (or with `pack_reads` set) the three are packed into
+        one float64 tensor (exact for ids below 2^53 and for float32 entropies) and copied at once; on the CPU each
+        is read as it is, which copies nothing.
+        """
+        parts = ([] if th is None else [th.top_ids[:, 0], th.entropy]) + ([] if sampled is None else [sampled])
+        if not parts:
+            return [], [], []
+        if self.pack_reads or parts[0].device.type != "cpu":
+            flat = torch.cat([p.reshape(-1).double() for p in parts]).tolist()
+            sizes = [p.numel() for p in parts]
+            values, start = [], 0
+            for n in sizes:
+                values.append(flat[start : start + n])
+                start += n
+            values = [x if p.is_floating_point() else [int(v) for v in x] for x, p in zip(values, parts)]
+        else:
+            values = [p.tolist() for p in parts]
+        if th is None:
+            return [], [], values[0]
+        return values[0], values[1], values[2] if sampled is not None else []
 
     def _streams(self, rows: list[int]) -> RowRandom | None:
         """The random streams of `rows` (None without streams: a path that draws then raises)."""

@@ -92,11 +92,12 @@ class RowOutput:
 class Controller(Protocol):
     """Chooses the next input of every row during `Engine.generate` (for methods that mix step kinds).
 
-    `inputs` returns the (B, d) next inputs and a (B,) long tensor of the hard token each row emits this step
-    (-1 for a soft/latent step, which emits no token). It may update its own per-row records.
+    `inputs` gets which rows are still running and returns the (B, d) next inputs and the hard token each row emits
+    this step (-1 for a soft/latent step, which emits no token) as Python ints, with at most one device-to-host
+    transfer. It may update its own per-row records.
     """
 
-    def inputs(self, state: DecodeState, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def inputs(self, state: DecodeState, active: Sequence[bool]) -> tuple[torch.Tensor, list[int]]: ...
 
 
 class Engine:
@@ -353,15 +354,13 @@ class Engine:
         """The token loop for methods whose rows mix soft / latent and hard steps under a `Controller`."""
         t0 = time.perf_counter()
         B = state.batch_size
-        dev = state.logits.device
         eos = set() if cfg.ignore_eos else set(self.bb.eos_ids)
         stop = self._stop_matcher(cfg.stop)
         rows = _Row.start(state, list(range(B)))
         limit = max_steps if max_steps is not None else cfg.max_new_tokens
-        active = torch.ones(B, dtype=torch.bool, device=dev)
+        active = [True] * B
         for _ in range(limit):
-            embeds, ids = controller.inputs(state, active)
-            chosen = ids.tolist()
+            embeds, chosen = controller.inputs(state, active)  # the controller reads the device once per step
             for b, t in enumerate(chosen):
                 r = rows[b]
                 if r.finished:

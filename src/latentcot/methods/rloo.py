@@ -171,7 +171,6 @@ class RLOO(SoftTokens):
         self.step = 0
         self.mode = cfg.token_mode
         self.hard_thinking = self.mode == "hard"
-        self.last_thought: ThoughtInputs | None = None
 
     @classmethod
     def smoke_settings(cls, model: str) -> dict[str, Any]:
@@ -192,16 +191,13 @@ class RLOO(SoftTokens):
     def think_inputs(self, logits: torch.Tensor, rand: RowRandom | None, gen: GenerationConfig) -> ThoughtInputs:
         if self.mode == "hard":
             ids = next_tokens(logits, gen, rand)[:, None]  # (n, 1)
-            th = ThoughtInputs(None, ids, torch.ones_like(ids, dtype=torch.float32), entropy(token_probs(logits, 1.0)))
-        else:
-            probs = token_probs(logits, self.tau)  # (n, V)
-            h = dense_mixture(probs, self.backbone.embedding_matrix, self.embed_scale)  # (n, d)
-            w, ids = probs.topk(min(2, probs.shape[-1]), dim=-1)  # (n, 2): the visible trace
-            if not gen.greedy and self.sigma > 0:
-                h = add_gaussian_noise(h, self.sigma, rand)
-            th = ThoughtInputs(h, ids, w, entropy(probs))
-        self.last_thought = th
-        return th
+            return ThoughtInputs(None, ids, torch.ones_like(ids, dtype=torch.float32), entropy(token_probs(logits, 1.0)))
+        probs = token_probs(logits, self.tau)  # (n, V)
+        h = dense_mixture(probs, self.backbone.embedding_matrix, self.embed_scale)  # (n, d)
+        w, ids = probs.topk(min(2, probs.shape[-1]), dim=-1)  # (n, 2): the visible trace
+        if not gen.greedy and self.sigma > 0:
+            h = add_gaussian_noise(h, self.sigma, rand)
+        return ThoughtInputs(h, ids, w, entropy(probs))
 
     def generate(self, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom | None):
         self._use(self.cfg.token_mode)

@@ -62,8 +62,8 @@ class RolloutRecord:
 class RecordingController(ThinkingController):
     """A ThinkingController that records, per row, every input it feeds and every random choice it makes.
 
-    The method's `think_inputs` must leave its last ThoughtInputs on `method.last_thought` (rows in the order
-    the controller passed them: active thinking rows under budget, ascending).
+    The thinking rows' top-1 ids and entropies come from the controller's one host read of the step (`top1s`,
+    `ents`: active thinking rows under budget, ascending).
     """
 
     def __init__(self, method: ThinkingMethod, gen: GenerationConfig, rand: RowRandom, prompts: Sequence[list[int]],
@@ -73,19 +73,16 @@ class RecordingController(ThinkingController):
         self.keep_means = keep_means
         self.eos_set = set(method.backbone.eos_ids)
 
-    def inputs(self, state, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, state, active: Sequence[bool]) -> tuple[torch.Tensor, list[int]]:
         B = state.batch_size
-        act = active.tolist()
+        act = list(active)
         phase = list(self.phase)
         answered = list(self.answered)
         budget = self.m.cfg.max_think_steps
         thinking = [b for b in range(B) if act[b] and phase[b] == THINK and len(self.think_ids[b]) < budget]
         logits = state.logits.clone() if self.keep_means else None
-        self.m.last_thought = None
-        embeds, ids = super().inputs(state, active)
-        th = self.m.last_thought
+        embeds, ids_l = super().inputs(state, active)
         hard = self.m.hard_thinking
-        ids_l = ids.tolist()
         slot = {b: j for j, b in enumerate(thinking)}
         for b in range(B):
             if not act[b]:
@@ -93,8 +90,8 @@ class RecordingController(ThinkingController):
             rec, pos, t = self.records[b], len(self.records[b].fed), ids_l[b]
             if b in slot:  # a CoT step was decided for this row
                 j = slot[b]
-                top1 = int(th.top_ids[j, 0])
-                rec.entropies.append(float(th.entropy[j]))
+                top1 = self.top1s[j]  # read from the device with the step's other numbers
+                rec.entropies.append(self.ents[j])
                 rec.cot_steps += int(t < 0)
                 if hard:  # the sampled CoT token is a choice, fed unless it was EOS (then the marker is forced)
                     rec.choices.append((pos, TOKEN, top1))
@@ -114,7 +111,7 @@ class RecordingController(ThinkingController):
                 rec.choices.append((pos, TOKEN, t))  # a sampled answer token (EOS included)
             if t >= 0 and t not in self.eos_set:
                 rec.fed.append(t)
-        return embeds, ids
+        return embeds, ids_l
 
 
 def rollout(method: ThinkingMethod, examples: Sequence[Example], task: Task, gen: GenerationConfig, rand: RowRandom,
