@@ -119,3 +119,17 @@ def test_rloo_rollout_reads_the_device_once_per_step(mode, arith_task, monkeypat
     reads = _Reads(monkeypatch, RecordingController)
     assert roll() == plain
     assert len(reads.per_inputs) >= 5 and max(reads.per_inputs) == 1 and reads.in_steps == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name,settings", [CASES[1], CASES[2]])
+def test_one_device_read_per_controlled_step_on_cuda(name, settings, monkeypatch):
+    """On a GPU the packed read is the default: one device-to-host copy per step, the same samples as on the CPU
+    up to the kernels' rounding (so only the read count is asserted)."""
+    m, tok = load_model("tiny-llama")
+    method = build_method(name, settings, Backbone(m.to("cuda"), tok, "tiny-llama"))
+    reads = _Reads(monkeypatch)
+    gen = GenerationConfig(max_new_tokens=5, temperature=0.8)
+    method.generate(_examples(), _Task(), gen, RowRandom([row_seed(1, f"q{i}", 0) for i in range(3)], "cuda"))
+    assert len(reads.per_inputs) >= 8 and max(reads.per_inputs) == 1 and reads.in_steps == 0
