@@ -13,12 +13,16 @@ made differs:
 
 The modes take turns step by step, each stepping its own state, in an order shuffled anew every round (seeded), and
 their states are prefilled in that order. A fixed order biased the ratios by up to 0.02: two copies of one mode
-measured 1.15x and 1.13x against the hard step depending on their places in the turn (2026-11-30).
+measured 1.15x and 1.13x against the hard step depending on their places in the turn (2026-11-30). Which other modes
+share the turn matters too (each leaves its code and data in the caches the next one finds): the Gumbel input
+measured 1.172-1.177x among the six modes and 1.187x / 1.191x with only the hard steps beside it (`--modes`, closer
+to a decode loop that makes one kind of input; 2026-11-30).
 
     .venv/bin/python bench/soft_step.py                                   # tiny-llama, batch 8, ~1 minute
     .venv/bin/python bench/soft_step.py --model smollm2-135m-instruct --batch 8 --steps 32
     .venv/bin/python bench/soft_step.py --stages      # + where a Gumbel soft input's time goes, op group by group
     .venv/bin/python bench/soft_step.py --generate    # + whole generations: cot against soft_thinking
+    .venv/bin/python bench/soft_step.py --modes "soft gumbel" "hard (again)"   # one soft input beside the hard one
 
 `--generate` times whole generations the way `latentcot eval` runs them (the method's `generate`, with the
 thinking controller's per-row bookkeeping): `cot` with hard tokens against `soft_thinking` plain and Gumbel, the
@@ -247,12 +251,19 @@ def main() -> None:
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     ap.add_argument("--stages", action="store_true", help="also time the Gumbel soft input's parts (see above)")
     ap.add_argument("--generate", action="store_true", help="also time whole generations, cot vs soft_thinking")
+    ap.add_argument("--modes", nargs="+", metavar="MODE", help="time only these modes (with 'hard', the base); "
+                    "e.g. --modes hard 'soft gumbel' 'hard (again)': a decode loop with one soft input, as in use")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     bb = Backbone(model, tok, args.model)
     texts = [bb.chat_prompt(QUESTIONS[i % len(QUESTIONS)] + " " * (i % 3)) for i in range(args.batch)]
     table = modes(bb, args.top_k, args.batch)
+    if args.modes:
+        unknown = [m for m in args.modes if m not in table]
+        if unknown:
+            ap.error(f"unknown mode(s) {unknown}; modes: {list(table)}")
+        table = {name: table[name] for name in ["hard"] + [m for m in args.modes if m != "hard"]}
     time_modes(bb, texts, 2, table)  # warm-up
     watch = preflight(args.allow_contended)
     runs: dict[str, list[float]] = {name: [] for name in table}
