@@ -3,12 +3,15 @@ packed read gives the same numbers as reading each tensor on its own."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import latentcot
 from latentcot.decoding.controllers import ThinkingController
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
@@ -18,6 +21,7 @@ from latentcot.models.loading import load_model
 from latentcot.training.rollout import RecordingController
 
 QUESTIONS = ["What is 2+3?", "A longer question about apples, pears and plums. How many fruits are there?", "Hi"]
+PACKAGE = str(Path(latentcot.__file__).parent) + os.sep  # reads made by the package's own code are counted
 READS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__")  # the ways a tensor's values reach Python
 
 
@@ -59,7 +63,7 @@ class _Reads:
 
     def _counted(self, fn):
         def wrapper(t, *a, **kw):
-            if "latentcot" in sys._getframe(1).f_code.co_filename:
+            if sys._getframe(1).f_code.co_filename.startswith(PACKAGE):
                 self.n += 1
             return fn(t, *a, **kw)
 
