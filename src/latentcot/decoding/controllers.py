@@ -111,7 +111,10 @@ class ThinkingController:
                 th = self.m.think_inputs(state.logits[thinking], self._streams(thinking), self.gen)
         if answering:  # rows draw from their own streams, so sampling before the thinking rows' checks changes nothing
             sampled = next_tokens(state.logits[answering], self.gen, self._streams(answering))
-        top1s, ents, chosen = self.read(th, sampled)
+        parts = ([] if th is None else [th.top_ids[:, 0], th.entropy]) + ([] if sampled is None else [sampled])
+        values = self.read(*parts)  # the thinking rows' top-1 ids and entropies, the answering rows' tokens
+        top1s, ents = values[:2] if th is not None else ([], [])
+        chosen = values[-1] if sampled is not None else []
         self.top1s, self.ents = top1s, ents  # for subclasses that record the step
         thought_rows: list[int] = []  # rows whose next input is their thought, and their rows in `th`
         thought_src: list[int] = []
@@ -159,29 +162,20 @@ class ThinkingController:
         hard = bb.embed(emitted.clamp_min(0)).float()  # (B, d)
         return torch.where((emitted >= 0)[:, None], hard, soft), ids
 
-    def read(self, th: ThoughtInputs | None, sampled: torch.Tensor | None) -> tuple[list[int], list[float], list[int]]:
-        """The thinking rows' top-1 ids and entropies and the answering rows' sampled ids, as Python numbers.
+    def read(self, *parts: torch.Tensor) -> list[list]:
+        """The tensors' values as Python lists (ints for integer tensors), in the step's one device-to-host transfer.
 
-        The step's one device-to-host transfer: off the CPU (or with `pack_reads` set) the three are packed into
-        one float64 tensor (exact for ids below 2^53 and for float32 entropies) and copied at once; on the CPU each
-        is read as it is, which copies nothing.
+        Off the CPU (or with `pack_reads` set) they are packed into one float64 tensor (exact for ids below 2^53 and
+        for float32 entropies) and copied at once; on the CPU each is read as it is, which copies nothing.
         """
-        parts = ([] if th is None else [th.top_ids[:, 0], th.entropy]) + ([] if sampled is None else [sampled])
-        if not parts:
-            return [], [], []
-        if self.pack_reads or parts[0].device.type != "cpu":
-            flat = torch.cat([p.reshape(-1).double() for p in parts]).tolist()
-            sizes = [p.numel() for p in parts]
-            values, start = [], 0
-            for n in sizes:
-                values.append(flat[start : start + n])
-                start += n
-            values = [x if p.is_floating_point() else [int(v) for v in x] for x, p in zip(values, parts)]
-        else:
-            values = [p.tolist() for p in parts]
-        if th is None:
-            return [], [], values[0]
-        return values[0], values[1], values[2] if sampled is not None else []
+        if not parts or not (self.pack_reads or parts[0].device.type != "cpu"):
+            return [p.tolist() for p in parts]
+        flat = torch.cat([p.reshape(-1).double() for p in parts]).tolist()
+        out, start = [], 0
+        for p in parts:
+            x, start = flat[start : start + p.numel()], start + p.numel()
+            out.append(x if p.is_floating_point() else [int(v) for v in x])
+        return out
 
     def _streams(self, rows: list[int]) -> RowRandom | None:
         """The random streams of `rows` (None without streams: a path that draws then raises)."""
