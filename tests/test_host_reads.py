@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,19 +18,10 @@ from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
 from latentcot.training.rollout import RecordingController
+from test_soft import _examples, _Task  # the same questions and stand-in task as the soft-method tests
 
-QUESTIONS = ["What is 2+3?", "A longer question about apples, pears and plums. How many fruits are there?", "Hi"]
 PACKAGE = str(Path(latentcot.__file__).parent) + os.sep  # reads made by the package's own code are counted
 READS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__")  # the ways a tensor's values reach Python
-
-
-class _Task:
-    def prompt(self, ex) -> str:
-        return ex.question
-
-
-def _examples():
-    return [SimpleNamespace(id=f"q{i}", question=q) for i, q in enumerate(QUESTIONS)]
 
 
 class _Reads:

@@ -84,6 +84,7 @@ class ThinkingController:
         self.writes_end: dict[int, bool] = {}
         self.top1s: list[int] = []  # the last step's thinking rows' top-1 ids and entropies (see `read`)
         self.ents: list[float] = []
+        self.top1_rows: list[int] = []  # the rows they belong to (active, thinking, under budget), ascending
 
     def inputs(self, state: DecodeState, active: Sequence[bool]) -> tuple[torch.Tensor, list[int]]:
         """Next inputs (B, d) and the ids each row emits (-1 for a soft step), read from the device once."""
@@ -115,7 +116,7 @@ class ThinkingController:
         values = self.read(*parts)  # the thinking rows' top-1 ids and entropies, the answering rows' tokens
         top1s, ents = values[:2] if th is not None else ([], [])
         chosen = values[-1] if sampled is not None else []
-        self.top1s, self.ents = top1s, ents  # for subclasses that record the step
+        self.top1s, self.ents, self.top1_rows = top1s, ents, thinking  # for subclasses that record the step
         thought_rows: list[int] = []  # rows whose next input is their thought, and their rows in `th`
         thought_src: list[int] = []
         decided: set[int] = set()

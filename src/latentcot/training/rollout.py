@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from latentcot.decoding.controllers import ANSWER, THINK, ThinkingController
+from latentcot.decoding.controllers import ANSWER, ThinkingController
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
 from latentcot.models.soft import dense_mixture, token_probs
 from latentcot.models.splice import Piece, splice, tokens, vectors
@@ -63,7 +63,7 @@ class RecordingController(ThinkingController):
     """A ThinkingController that records, per row, every input it feeds and every random choice it makes.
 
     The thinking rows' top-1 ids and entropies come from the controller's one host read of the step (`top1s`,
-    `ents`: active thinking rows under budget, ascending).
+    `ents`, for the rows `top1_rows`).
     """
 
     def __init__(self, method: ThinkingMethod, gen: GenerationConfig, rand: RowRandom, prompts: Sequence[list[int]],
@@ -78,12 +78,10 @@ class RecordingController(ThinkingController):
         act = list(active)
         phase = list(self.phase)
         answered = list(self.answered)
-        budget = self.m.cfg.max_think_steps
-        thinking = [b for b in range(B) if act[b] and phase[b] == THINK and len(self.think_ids[b]) < budget]
         logits = state.logits.clone() if self.keep_means else None
         embeds, ids_l = super().inputs(state, active)
         hard = self.m.hard_thinking
-        slot = {b: j for j, b in enumerate(thinking)}
+        slot = {b: j for j, b in enumerate(self.top1_rows)}
         for b in range(B):
             if not act[b]:
                 continue
