@@ -1,11 +1,13 @@
-"""What the RLOO recipes share (`rloo_pointer_chase.py`, `rloo_smollm2.py`, `rloo_paired_base.py`; run as scripts,
-which puts this folder on the import path): a training run that is resumed or reused, the MODE=VALUE / KEY=VALUE
-options, and the quarters of a run's steps."""
+"""What the RLOO recipes share (`rloo_pointer_chase.py`, `rloo_smollm2.py`, `rloo_paired_base.py`, `rloo_eval.py`,
+`rloo_grad_diag.py`; run as scripts, which puts this folder on the import path): a training run that is resumed or
+reused, the MODE=VALUE / KEY=VALUE options, the quarters of a run's steps, and how a recipe ends on an error a user
+can cause."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -42,3 +44,18 @@ def quarters(rows: list) -> list[list]:
     rows give fewer parts (every part non-empty)."""
     q = max(1, len(rows) // 4)
     return [part for part in (rows[:q], rows[q:2 * q], rows[2 * q:3 * q], rows[3 * q:]) if part]
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """main(); an error a user can cause (a setting the method refuses, an unknown name, a missing file) ends as one
+    line on stderr and exit 2, as in `latentcot train`; any other error keeps its traceback."""
+    from latentcot.errors import user_error
+
+    try:
+        main()
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

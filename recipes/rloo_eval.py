@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from rloo_common import run_main
 
 DECODING = {"greedy": {"temperature": 0.0, "num_samples": 1}, "sample": {"temperature": 1.0}}
 SKIP = {"run.out", "run.weights", "run.seeds", "run.seed", "run.limit", "run.offset", "run.split", "run.eval_limit",
@@ -108,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,6 +24,7 @@ import resource
 from pathlib import Path
 
 import torch
+from rloo_common import run_main
 
 
 def grads(method, loss) -> torch.Tensor:
@@ -117,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from rloo_common import quarters
+from rloo_common import quarters, run_main
 
 from latentcot.eval.metrics import mean_se
 
@@ -166,4 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

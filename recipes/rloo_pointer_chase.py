@@ -22,7 +22,7 @@ import resource
 import time
 from pathlib import Path
 
-from rloo_common import key_values, train
+from rloo_common import key_values, run_main, train
 
 MODEL = "scratch-gpt2:pointer_chase"
 
@@ -149,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from rloo_common import key_values, quarters, train
+from rloo_common import key_values, quarters, run_main, train
 
 SETTING = Path(__file__).with_name("rloo_smollm2_word_arith.yaml")  # the task, the prompt, the CoT budget
 
@@ -160,4 +160,4 @@ def seed_list(text: str) -> list[int]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -26,6 +26,25 @@ def test_smollm2_recipe_bad_mode_settings_are_one_line_exit_2(tmp_path):
     assert not out.exists()
 
 
+def test_smollm2_recipe_settings_the_method_refuses_are_one_line_exit_2(tmp_path):
+    """A setting `latentcot train` would refuse (micro_batch not a multiple of group_size, group_size < 2, an unknown
+    setting) ends the recipe as the CLI ends: one line naming the field, exit 2, nothing written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "rloo_smollm2.py"
+    out = tmp_path / "run"
+    for extra, field in ((["--set", "model=tiny-llama", "micro_batch=3"], "micro_batch"),
+                         (["--group-size", "1", "--set", "model=tiny-llama"], "group_size"),
+                         (["--set", "model=tiny-llama", "no_such_setting=1"], "no_such_setting")):
+        r = subprocess.run([sys.executable, str(script), "--out", str(out), "--modes", "soft", "--steps", "1",
+                            "--no-eval", *extra], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and field in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
 def test_smollm2_recipe_mode_seeds_pick_each_modes_runs(tmp_path, monkeypatch):
     """--mode-seeds hard=1 with --seeds 0 2: soft runs seeds 0 and 2, hard only seed 1 (training faked: each run's
     log is written by hand, so the table's rows and numbers are known)."""
