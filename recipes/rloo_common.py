@@ -48,7 +48,8 @@ def quarters(rows: list) -> list[list]:
 
 def run_main(main: Callable[[], None]) -> None:
     """main(); an error a user can cause (a setting the method refuses, an unknown name, a missing file) ends as one
-    line on stderr and exit 2, as in `latentcot train`; any other error keeps its traceback."""
+    line on stderr and exit 2, as in `latentcot train`; any other error keeps its traceback. Ctrl-C says how to go
+    on (the recipes' runs resume) instead of printing a traceback, and exits 130."""
     from latentcot.errors import user_error
 
     try:
@@ -59,3 +60,6 @@ def run_main(main: Callable[[], None]) -> None:
             raise
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)
