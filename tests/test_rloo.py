@@ -3,6 +3,7 @@ hand computation, leave-one-out advantages, replayed rollouts, gradients, exact 
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -340,6 +341,33 @@ def test_rloo_run_extended_at_a_constant_lr_equals_a_longer_run(tmp_path, arith_
     assert _changed(two, b), "the extension trained nothing"
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+
+@pytest.mark.parametrize("model", TINY)
+def test_gradient_checkpointing_gives_an_rloo_step_the_same_loss_and_gradients(tmp_path, arith_task, model):
+    """`train.gradient_checkpointing=true` (the README's way to fit 2 x 32 on smollm2 in less memory) recomputes the
+    policy's replay in backward: the same rollouts, loss, KL and (to float rounding) gradients as without it."""
+    from latentcot.latent.rollout import checkpointing_on
+
+    settings = {"rollout_mode": "soft", "group_size": 4, "prompts_per_step": 2, "micro_batch": 4, "kl_coef": 0.5}
+    runs = {}
+    for on in (False, True):
+        m = _rloo(model, **settings)
+        cfg = m.train_config(TrainConfig(lr=1e-3, max_steps=1, max_grad_norm=0, gradient_checkpointing=on))
+        train(m, arith_task, arith_task.load("train"), cfg, tmp_path / str(on), seed=5, progress=False)  # mixed rewards
+        assert checkpointing_on(m.backbone.model) == on
+        log = json.loads((tmp_path / str(on) / "train_log.jsonl").read_text().splitlines()[0])
+        runs[on] = (m, log)
+    (a, log_a), (b, log_b) = runs[False], runs[True]
+    for key in ("reward", "loss", "logp", "kl", "cot_len"):
+        assert log_b[key] == pytest.approx(log_a[key], rel=1e-5, abs=1e-6), key
+    grads = [(n, p.grad, q.grad) for (n, p), (_, q) in zip(a.trainable_parameters(), b.trainable_parameters())]
+    assert any(g is not None and g.abs().sum() > 0 for _, g, _ in grads), "no gradient to compare"
+    for n, ga, gb in grads:
+        assert (ga is None) == (gb is None), n
+        if ga is not None:
+            torch.testing.assert_close(gb, ga, atol=1e-6, rtol=1e-4, msg=n)
 
 
 # --- bad input -------------------------------------------------------------------------------------------------
