@@ -343,7 +343,6 @@ def test_rloo_run_extended_at_a_constant_lr_equals_a_longer_run(tmp_path, arith_
         assert torch.equal(a[k], b[k]), k
 
 
-
 @pytest.mark.parametrize("model", TINY)
 def test_gradient_checkpointing_gives_an_rloo_step_the_same_loss_and_gradients(tmp_path, arith_task, model):
     """`train.gradient_checkpointing=true` (the README's way to fit 2 x 32 on smollm2 in less memory) recomputes the
