@@ -10,9 +10,16 @@ and counts only the noise of their samples: sqrt(sum over questions of p_A (1 - 
 (n_B - 1)) / questions, with p a question's pass rate over its n samples (printed when every question has at least
 two samples in both runs).
 
+With --by-draw (two runs of the same questions with the same seeds, so that sample k of a question draws the same
+random numbers in both): how many samples, matched by (question, seed, sample), are right in both, only in A, only
+in B, or in neither, and how many have the same thinking text (soft / latent methods record it). Two evaluations
+that differ in one setting applied after the chain of thought (the answer's temperature, say) then show how much
+of the outcome that setting decides.
+
     python recipes/compare_runs.py runs/softcot-pair runs/softcot_pp-pair
     python recipes/compare_runs.py runs/a runs/b --mode flexible
     python recipes/compare_runs.py runs/base-soft runs/trained-soft --all-samples
+    python recipes/compare_runs.py runs/base-soft-t0.5 runs/base-soft-t0.05 --by-draw
 """
 
 from __future__ import annotations
@@ -42,6 +49,32 @@ def samples_by_question(run: Path, mode: str) -> dict[str, list[bool]]:
     for r in recs:
         right.setdefault(str(r["id"]), []).append(bool(r[f"correct_{mode}"]))
     return right
+
+
+def by_draw(run_a: Path, run_b: Path, mode: str) -> dict[str, int]:
+    """Sample-for-sample agreement of two runs: over the samples present in both (matched by question id, seed and
+    sample number), counts right in both / only A / only B / neither, and of same thinking text (samples whose
+    records carry one in both runs)."""
+    recs = {}
+    for name, run in (("a", run_a), ("b", run_b)):
+        rows = read_samples(run / SAMPLES)
+        if not rows:
+            sys.exit(f"compare_runs: error: {run / SAMPLES} holds no samples; evaluate first")
+        recs[name] = {(str(r["id"]), int(r["seed"]), int(r["sample"])): r for r in rows}
+    keys = sorted(set(recs["a"]) & set(recs["b"]))
+    if not keys:
+        sys.exit("compare_runs: error: the two runs share no (question, seed, sample); --by-draw needs the same "
+                 "questions and seeds")
+    out = {"samples": len(keys), "both": 0, "only_a": 0, "only_b": 0, "neither": 0, "with_text": 0, "same_text": 0}
+    for k in keys:
+        ra, rb = recs["a"][k], recs["b"][k]
+        ca, cb = bool(ra[f"correct_{mode}"]), bool(rb[f"correct_{mode}"])
+        out["both" if ca and cb else "only_a" if ca else "only_b" if cb else "neither"] += 1
+        ta, tb = ((r.get("extra") or {}).get("thinking_text") for r in (ra, rb))
+        if ta is not None and tb is not None:
+            out["with_text"] += 1
+            out["same_text"] += ta == tb
+    return out
 
 
 def pass_rates(right: dict[str, list[bool]]) -> dict[str, float]:
@@ -89,7 +122,19 @@ def main() -> None:
     p.add_argument("--all-samples", action="store_true",
                    help="per-question pass rates over all samples, with the standard error of B - A paired over "
                         "questions and the one with the questions held fixed")
+    p.add_argument("--by-draw", action="store_true",
+                   help="sample for sample (same question, seed and sample number): how many agree on being right, "
+                        "and how many have the same thinking text")
     args = p.parse_args()
+    if args.by_draw:
+        d = by_draw(args.a, args.b, args.mode)
+        agree = d["both"] + d["neither"]
+        text = (f"; same thinking text in {d['same_text']} of the {d['with_text']} that record one"
+                if d["with_text"] else "; no thinking text recorded")
+        print(f"{d['samples']} samples in both runs ({args.mode}, matched by question, seed and sample): right in both "
+              f"{d['both']}, only A {d['only_a']}, only B {d['only_b']}, neither {d['neither']}; the same outcome in "
+              f"{agree} ({100 * agree / d['samples']:.1f}%){text}")
+        return
     if args.all_samples:
         sa, sb = samples_by_question(args.a, args.mode), samples_by_question(args.b, args.mode)
         r = paired(pass_rates(sa), pass_rates(sb))

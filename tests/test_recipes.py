@@ -181,3 +181,32 @@ def test_compare_runs_all_samples_paired_standard_error_by_hand(tmp_path):
     assert "held fixed (their samples' noise only) 19.8 = 1.3 standard errors" in out
     # One sample for a question: its binomial variance cannot be estimated, so no fixed-question error.
     assert cr.fixed_question_se({"q1": [True]}, {"q1": [False, True]}) is None
+
+
+def test_compare_runs_by_draw_counts_samples_by_hand(tmp_path):
+    """recipes/compare_runs.py --by-draw: samples matched by (question, seed, sample), counted by hand; a sample in
+    one run only is left out, and thinking texts are compared only where both records carry one."""
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "compare_runs.py"
+    a = [("q1", 0, 0, True, "x"), ("q1", 0, 1, False, "y"), ("q2", 0, 0, True, None), ("q2", 1, 0, False, "z"),
+         ("q3", 0, 0, True, "w")]  # q3 only in A
+    b = [("q1", 0, 0, True, "x"), ("q1", 0, 1, True, "y2"), ("q2", 0, 0, False, "t"), ("q2", 1, 0, False, "z")]
+    for run, rows in (("a", a), ("b", b)):
+        (tmp_path / run).mkdir()
+        recs = [{"id": q, "seed": s, "sample": k, "correct_strict": c, **({"extra": {"thinking_text": t}} if t else {})}
+                for q, s, k, c, t in rows]
+        (tmp_path / run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = subprocess.run([sys.executable, str(path), str(tmp_path / "a"), str(tmp_path / "b"), "--by-draw"],
+                         capture_output=True, text=True, check=True).stdout
+    # matched: (q1,0,0) both right, same text; (q1,0,1) only B, texts differ; (q2,0,0) only A, A has no text;
+    # (q2,1,0) neither, same text. Same outcome 2 of 4; texts in both: 3, of which the same: 2.
+    assert ("4 samples in both runs (strict, matched by question, seed and sample): right in both 1, only A 1, "
+            "only B 1, neither 1; the same outcome in 2 (50.0%); same thinking text in 2 of the 3 that record one") in out
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "samples.jsonl").write_text(json.dumps({"id": "q9", "seed": 0, "sample": 0,
+                                                              "correct_strict": True}) + "\n")
+    bad = subprocess.run([sys.executable, str(path), str(tmp_path / "a"), str(tmp_path / "c"), "--by-draw"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "share no (question, seed, sample)" in bad.stderr
