@@ -112,6 +112,7 @@ CASES = [
      "train.lr"),
     (["train", "--method", "cot_sft", *RUN, "--out", "{w}/trained", "max_steps=2", "lr=1e-3", "train_batch_size=2",
       "seed=7"], "seed"),
+    (["train", "--method", "cot_sft", *RUN, "max_steps=2", "adam_beta1=1.0"], "adam_beta1"),
     (["train", "--method", "cot_sft", *RUN, "--out", "{w}/nostate", "max_steps=2", "lr=1e-3", "train_batch_size=2"],
      "state.json"),
     (["eval", "--method", "cot", *RUN, "--limit", "2", "--out", "{w}/evaluated", "max_new_tokens=5"], "max_new_tokens"),

@@ -118,3 +118,13 @@ def test_grad_accumulation_4x1_equals_1x4_for_coconut_and_codi(tmp_path, arith_t
         assert grads[0].keys() == grads[1].keys() and grads[0]
         for k in grads[0]:
             torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-4, msg=f"{name}: {k}")
+
+
+def test_adam_betas_reach_the_optimizer():
+    """train.adam_beta1 / adam_beta2 are the optimizer's betas (defaults 0.9 / 0.999, torch's and HF's)."""
+    from latentcot.training.loop import make_optimizer
+
+    method = _method()
+    assert make_optimizer(method, TrainConfig()).param_groups[0]["betas"] == (0.9, 0.999)
+    opt = make_optimizer(method, TrainConfig(adam_beta1=0.99, adam_beta2=0.98))
+    assert opt.param_groups[0]["betas"] == (0.99, 0.98)

@@ -50,7 +50,8 @@ class TrainConfig:
     warmup_steps: linear warmup steps.
     schedule: "constant", "linear" (decay to 0) or "cosine".
     weight_decay: AdamW weight decay.
-    adam_beta2: AdamW beta2.
+    adam_beta1 / adam_beta2: AdamW's betas (beta1: how many steps the first moment averages over, about
+        1 / (1 - beta1); beta2: the same for the second moment).
     eval_every: evaluate every N optimizer steps (0 = only at the end).
     save_every: checkpoint every N optimizer steps (0 = only at the end).
     log_every: write a metrics line every N optimizer steps.
@@ -71,6 +72,7 @@ class TrainConfig:
     warmup_steps: int = 0
     schedule: str = "constant"
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     eval_every: int = 0
     save_every: int = 100
@@ -89,6 +91,9 @@ class TrainConfig:
         check(self.schedule in ("constant", "linear", "cosine"), "schedule", f"must be constant, linear or cosine, got {self.schedule!r}")
         check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
         check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            beta = getattr(self, name)
+            check(0 <= beta < 1, name, f"must be in [0, 1), got {beta}")
         check(self.global_batch_size >= 0, "global_batch_size", f"must be >= 0 (0 = derived), got {self.global_batch_size}")
         check(self.mixed_precision in MIXED_PRECISION, "mixed_precision",
               f"must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
@@ -146,7 +151,7 @@ def make_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for _, p in method.trainable_parameters()]
     if not params:
         raise ValueError(f"method {method.name!r} has no trainable parameters")
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2))
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2))
 
 
 def peak_rss_mib() -> float:
