@@ -32,19 +32,23 @@ from latentcot.eval.metrics import mcnemar_exact, mean_se
 from latentcot.eval.runner import SAMPLES, read_samples
 
 
-def correct_by_question(run: Path, mode: str) -> dict[str, bool]:
+def records(run: Path) -> list[dict]:
+    """The run's sample records; exits with one line when it has none."""
     recs = read_samples(run / SAMPLES)
     if not recs:
         sys.exit(f"compare_runs: error: {run / SAMPLES} holds no samples; evaluate first")
+    return recs
+
+
+def correct_by_question(run: Path, mode: str) -> dict[str, bool]:
+    recs = records(run)
     seed = min(int(r["seed"]) for r in recs)
     return {str(r["id"]): bool(r[f"correct_{mode}"]) for r in recs if int(r["seed"]) == seed and int(r["sample"]) == 0}
 
 
 def samples_by_question(run: Path, mode: str) -> dict[str, list[bool]]:
     """{question id: whether each of its samples (every seed) is right}."""
-    recs = read_samples(run / SAMPLES)
-    if not recs:
-        sys.exit(f"compare_runs: error: {run / SAMPLES} holds no samples; evaluate first")
+    recs = records(run)
     right: dict[str, list[bool]] = {}
     for r in recs:
         right.setdefault(str(r["id"]), []).append(bool(r[f"correct_{mode}"]))
@@ -57,10 +61,7 @@ def by_draw(run_a: Path, run_b: Path, mode: str) -> dict[str, int]:
     records carry one in both runs)."""
     recs = {}
     for name, run in (("a", run_a), ("b", run_b)):
-        rows = read_samples(run / SAMPLES)
-        if not rows:
-            sys.exit(f"compare_runs: error: {run / SAMPLES} holds no samples; evaluate first")
-        recs[name] = {(str(r["id"]), int(r["seed"]), int(r["sample"])): r for r in rows}
+        recs[name] = {(str(r["id"]), int(r["seed"]), int(r["sample"])): r for r in records(run)}
     keys = sorted(set(recs["a"]) & set(recs["b"]))
     if not keys:
         sys.exit("compare_runs: error: the two runs share no (question, seed, sample); --by-draw needs the same "
