@@ -16,10 +16,17 @@ in B, or in neither, and how many have the same thinking text (soft / latent met
 that differ in one setting applied after the chain of thought (the answer's temperature, say) then show how much
 of the outcome that setting decides.
 
+With several B runs and --all-samples (one training recipe run with several seeds, say): one line per B run, then
+the mean of B - A over the runs with its standard error over runs (the sample standard deviation of the per-run
+differences over sqrt(runs): the seed-to-seed spread) and how many runs are above A. --versus C1 ... CN (as many as
+the B runs, in the same order) pairs them: (B_i - A) - (C_i - A) run by run (the same seeds of two settings, say),
+with the mean and standard error of that difference.
+
     python recipes/compare_runs.py runs/softcot-pair runs/softcot_pp-pair
     python recipes/compare_runs.py runs/a runs/b --mode flexible
     python recipes/compare_runs.py runs/base-soft runs/trained-soft --all-samples
     python recipes/compare_runs.py runs/base-soft-t0.5 runs/base-soft-t0.05 --by-draw
+    python recipes/compare_runs.py runs/base-soft runs/trained-soft-s{0,1,2} --all-samples --versus runs/other-s{0,1,2}
 """
 
 from __future__ import annotations
@@ -115,10 +122,30 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
             "diff": diff, "se": se}
 
 
+def all_samples_line(a: Path, b: Path, mode: str) -> tuple[str, float]:
+    """The --all-samples line for runs A and B, and B - A in points."""
+    sa, sb = samples_by_question(a, mode), samples_by_question(b, mode)
+    r = paired(pass_rates(sa), pass_rates(sb))
+    z = f" = {r['diff'] / r['se']:.1f} standard errors" if r["se"] > 0 else ""
+    fixed = fixed_question_se(sa, sb)
+    zf = f" = {r['diff'] / fixed:.1f} standard errors" if fixed else ""
+    held = f"; with these questions held fixed (their samples' noise only) {fixed:.1f}{zf}" if fixed is not None else ""
+    return (f"{r['n']} common questions ({mode}, every sample): pass@1 A {r['a']:.1f}, B {r['b']:.1f}; "
+            f"B - A {r['diff']:+.1f} points, paired standard error {r['se']:.1f}{z}{held}"), r["diff"]
+
+
+def over_runs(diffs: list[float], what: str) -> str:
+    """One line: the mean of per-run differences, its standard error over runs, and how many are above 0."""
+    mean, se = mean_se(diffs)
+    up = sum(d > 0 for d in diffs)
+    return (f"over {len(diffs)} runs, {what}: mean {mean:+.1f} points, standard error over runs {se:.1f} "
+            f"(per run: {', '.join(f'{d:+.1f}' for d in diffs)}; {up} of {len(diffs)} above 0)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a", type=Path)
-    p.add_argument("b", type=Path)
+    p.add_argument("b", type=Path, nargs="+", help="one run, or several with --all-samples")
     p.add_argument("--mode", choices=("strict", "flexible"), default="strict")
     p.add_argument("--all-samples", action="store_true",
                    help="per-question pass rates over all samples, with the standard error of B - A paired over "
@@ -126,9 +153,34 @@ def main() -> None:
     p.add_argument("--by-draw", action="store_true",
                    help="sample for sample (same question, seed and sample number): how many agree on being right, "
                         "and how many have the same thinking text")
+    p.add_argument("--versus", type=Path, nargs="+", metavar="C",
+                   help="with --all-samples: runs paired one to one with the B runs; (B_i - A) - (C_i - A) run by run")
     args = p.parse_args()
+    if (len(args.b) > 1 or args.versus) and not args.all_samples:
+        p.error("several B runs and --versus need --all-samples")
+    if args.versus and len(args.versus) != len(args.b):
+        p.error(f"--versus takes as many runs as B ({len(args.b)}), got {len(args.versus)}")
+    if args.all_samples:
+        diffs = []
+        for b in args.b:
+            line, diff = all_samples_line(args.a, b, args.mode)
+            print(f"{b}: {line}" if len(args.b) > 1 or args.versus else line)
+            diffs.append(diff)
+        if len(args.b) > 1:
+            print(over_runs(diffs, "B - A"))
+        if args.versus:
+            against = []
+            for c in args.versus:
+                line, diff = all_samples_line(args.a, c, args.mode)
+                print(f"{c}: {line}")
+                against.append(diff)
+            if len(against) > 1:
+                print(over_runs(against, "C - A"))
+            print(over_runs([b - c for b, c in zip(diffs, against)], "(B - A) - (C - A), run by run"))
+        return
+    b = args.b[0]
     if args.by_draw:
-        d = by_draw(args.a, args.b, args.mode)
+        d = by_draw(args.a, b, args.mode)
         agree = d["both"] + d["neither"]
         text = (f"; same thinking text in {d['same_text']} of the {d['with_text']} that record one"
                 if d["with_text"] else "; no thinking text recorded")
@@ -136,24 +188,14 @@ def main() -> None:
               f"{d['both']}, only A {d['only_a']}, only B {d['only_b']}, neither {d['neither']}; the same outcome in "
               f"{agree} ({100 * agree / d['samples']:.1f}%){text}")
         return
-    if args.all_samples:
-        sa, sb = samples_by_question(args.a, args.mode), samples_by_question(args.b, args.mode)
-        r = paired(pass_rates(sa), pass_rates(sb))
-        z = f" = {r['diff'] / r['se']:.1f} standard errors" if r["se"] > 0 else ""
-        fixed = fixed_question_se(sa, sb)
-        zf = f" = {r['diff'] / fixed:.1f} standard errors" if fixed else ""
-        held = f"; with these questions held fixed (their samples' noise only) {fixed:.1f}{zf}" if fixed is not None else ""
-        print(f"{r['n']} common questions ({args.mode}, every sample): pass@1 A {r['a']:.1f}, B {r['b']:.1f}; "
-              f"B - A {r['diff']:+.1f} points, paired standard error {r['se']:.1f}{z}{held}")
-        return
-    a, b = correct_by_question(args.a, args.mode), correct_by_question(args.b, args.mode)
-    common = sorted(set(a) & set(b))
+    a, bq = correct_by_question(args.a, args.mode), correct_by_question(b, args.mode)
+    common = sorted(set(a) & set(bq))
     if not common:
         sys.exit("compare_runs: error: the two runs share no question ids")
-    both = sum(a[q] and b[q] for q in common)
-    only_a = sum(a[q] and not b[q] for q in common)
-    only_b = sum(b[q] and not a[q] for q in common)
-    print(f"{len(common)} common questions ({args.mode}): A {sum(a[q] for q in common)}, B {sum(b[q] for q in common)}; "
+    both = sum(a[q] and bq[q] for q in common)
+    only_a = sum(a[q] and not bq[q] for q in common)
+    only_b = sum(bq[q] and not a[q] for q in common)
+    print(f"{len(common)} common questions ({args.mode}): A {sum(a[q] for q in common)}, B {sum(bq[q] for q in common)}; "
           f"both {both}, only A {only_a}, only B {only_b}, neither {len(common) - both - only_a - only_b}; "
           f"exact McNemar p = {mcnemar_exact(only_a, only_b):.3f}")
 

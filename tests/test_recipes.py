@@ -183,6 +183,43 @@ def test_compare_runs_all_samples_paired_standard_error_by_hand(tmp_path):
     assert cr.fixed_question_se({"q1": [True]}, {"q1": [False, True]}) is None
 
 
+def test_compare_runs_several_runs_mean_and_versus_by_hand(tmp_path):
+    """recipes/compare_runs.py --all-samples with several B runs: one line each, then the mean of B - A over the runs
+    with its standard error over runs; --versus pairs runs one to one; bad combinations exit 2 with one line."""
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "compare_runs.py"
+    # two questions, four samples each (one seed); pass rates (q1, q2) per run
+    rates = {"a": (1, 1), "b1": (2, 2), "b2": (1, 3), "b3": (0, 1), "c1": (1, 1), "c2": (2, 2), "c3": (2, 1)}
+    for run, (n1, n2) in rates.items():
+        (tmp_path / run).mkdir()
+        recs = [{"id": q, "seed": 0, "sample": i, "correct_strict": i < n} for q, n in (("q1", n1), ("q2", n2))
+                for i in range(4)]
+        (tmp_path / run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def run(*names, extra=()):
+        return subprocess.run([sys.executable, str(path), *(str(tmp_path / n) for n in names), "--all-samples", *extra],
+                              capture_output=True, text=True)
+
+    out = run("a", "b1", "b2", "b3", extra=["--versus", *(str(tmp_path / c) for c in ("c1", "c2", "c3"))])
+    assert out.returncode == 0, out.stderr
+    # pass@1: A 25; B1 50, B2 50, B3 12.5 -> B - A = +25, +25, -12.5: mean 12.5, sample sd
+    # sqrt((12.5^2 + 12.5^2 + 25^2) / 2) = sqrt(468.75), standard error sqrt(468.75 / 3) = 12.5
+    assert f"{tmp_path / 'b3'}: 2 common questions" in out.stdout and "B - A -12.5 points" in out.stdout
+    assert ("over 3 runs, B - A: mean +12.5 points, standard error over runs 12.5 (per run: +25.0, +25.0, -12.5; "
+            "2 of 3 above 0)") in out.stdout
+    # C - A = 0, +25, +12.5; run by run (B - A) - (C - A) = +25, 0, -25: mean 0, sd 25, standard error 25 / sqrt(3)
+    assert "over 3 runs, C - A: mean +12.5 points" in out.stdout
+    assert ("over 3 runs, (B - A) - (C - A), run by run: mean +0.0 points, standard error over runs 14.4 (per run: "
+            "+25.0, +0.0, -25.0; 1 of 3 above 0)") in out.stdout
+    bad = run("a", "b1", "b2", extra=["--versus", str(tmp_path / "c1")])
+    assert bad.returncode == 2 and "--versus takes as many runs as B (2), got 1" in bad.stderr
+    bad = subprocess.run([sys.executable, str(path), str(tmp_path / "a"), str(tmp_path / "b1"), str(tmp_path / "b2")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "several B runs and --versus need --all-samples" in bad.stderr
+
+
 def test_compare_runs_by_draw_counts_samples_by_hand(tmp_path):
     """recipes/compare_runs.py --by-draw: samples matched by (question, seed, sample), counted by hand; a sample in
     one run only is left out, and thinking texts are compared only where both records carry one."""
