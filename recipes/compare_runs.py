@@ -138,7 +138,9 @@ def over_runs(diffs: list[float], what: str) -> str:
     """One line: the mean of per-run differences, its standard error over runs, and how many are above 0."""
     mean, se = mean_se(diffs)
     up = sum(d > 0 for d in diffs)
-    return (f"over {len(diffs)} runs, {what}: mean {mean:+.1f} points, standard error over runs {se:.1f} "
+    runs = f"{len(diffs)} run" + ("s" if len(diffs) != 1 else "")
+    spread = f"standard error over runs {se:.1f}" if len(diffs) > 1 else "no standard error from one run"
+    return (f"over {runs}, {what}: mean {mean:+.1f} points, {spread} "
             f"(per run: {', '.join(f'{d:+.1f}' for d in diffs)}; {up} of {len(diffs)} above 0)")
 
 

@@ -213,6 +213,9 @@ def test_compare_runs_several_runs_mean_and_versus_by_hand(tmp_path):
     assert "over 3 runs, C - A: mean +12.5 points" in out.stdout
     assert ("over 3 runs, (B - A) - (C - A), run by run: mean +0.0 points, standard error over runs 14.4 (per run: "
             "+25.0, +0.0, -25.0; 1 of 3 above 0)") in out.stdout
+    one = run("a", "b1", extra=["--versus", str(tmp_path / "c2")])  # one pair: (50 - 25) - (50 - 25) = 0
+    assert one.returncode == 0 and ("over 1 run, (B - A) - (C - A), run by run: mean +0.0 points, no standard error "
+                                    "from one run (per run: +0.0; 0 of 1 above 0)") in one.stdout, one.stdout
     bad = run("a", "b1", "b2", extra=["--versus", str(tmp_path / "c1")])
     assert bad.returncode == 2 and "--versus takes as many runs as B (2), got 1" in bad.stderr
     bad = subprocess.run([sys.executable, str(path), str(tmp_path / "a"), str(tmp_path / "b1"), str(tmp_path / "b2")],
