@@ -122,9 +122,10 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
             "diff": diff, "se": se}
 
 
-def all_samples_line(a: Path, b: Path, mode: str) -> tuple[str, float]:
-    """The --all-samples line for runs A and B, and B - A in points."""
-    sa, sb = samples_by_question(a, mode), samples_by_question(b, mode)
+def all_samples_line(sa: dict[str, list[bool]], b: Path, mode: str) -> tuple[str, float]:
+    """The --all-samples line for run A (its `samples_by_question`, read once for every B) and run B, and B - A in
+    points."""
+    sb = samples_by_question(b, mode)
     r = paired(pass_rates(sa), pass_rates(sb))
     z = f" = {r['diff'] / r['se']:.1f} standard errors" if r["se"] > 0 else ""
     fixed = fixed_question_se(sa, sb)
@@ -163,9 +164,10 @@ def main() -> None:
     if args.versus and len(args.versus) != len(args.b):
         p.error(f"--versus takes as many runs as B ({len(args.b)}), got {len(args.versus)}")
     if args.all_samples:
+        sa = samples_by_question(args.a, args.mode)
         diffs = []
         for b in args.b:
-            line, diff = all_samples_line(args.a, b, args.mode)
+            line, diff = all_samples_line(sa, b, args.mode)
             print(f"{b}: {line}" if len(args.b) > 1 or args.versus else line)
             diffs.append(diff)
         if len(args.b) > 1:
@@ -173,7 +175,7 @@ def main() -> None:
         if args.versus:
             against = []
             for c in args.versus:
-                line, diff = all_samples_line(args.a, c, args.mode)
+                line, diff = all_samples_line(sa, c, args.mode)
                 print(f"{c}: {line}")
                 against.append(diff)
             if len(against) > 1:
