@@ -10,6 +10,9 @@ made differs:
 - soft gumbel:   the method with randomness=gumbel (per-row random streams);
 - soft dense:    the same weights as a dense (B, V) @ (V, d) product, for comparison;
 - hard (again):  the hard step a second time, as a control: its ratio to the hard step shows the bench's resolution.
+- hard sampled:  (only with `--modes`) a sampled hard token at the soft input's thinking settings (temperature 0.6,
+                 top-p 0.95, min-p 0.001, per-row random streams) -> embedding: the hard step a stochastic decoder
+                 makes, the counterpart of the Gumbel input (the SPEC target is against the greedy hard step).
 
 The modes take turns step by step, each stepping its own state, in an order shuffled anew every round (seeded), and
 their states are prefilled in that order. A fixed order biased the ratios by up to 0.02: two copies of one mode
@@ -23,6 +26,7 @@ to a decode loop that makes one kind of input; 2026-11-30).
     .venv/bin/python bench/soft_step.py --stages      # + where a Gumbel soft input's time goes, op group by group
     .venv/bin/python bench/soft_step.py --generate    # + whole generations: cot against soft_thinking
     .venv/bin/python bench/soft_step.py --modes "soft gumbel" "hard (again)"   # one soft input beside the hard one
+    .venv/bin/python bench/soft_step.py --modes "soft gumbel" "hard sampled" "hard (again)"   # + a sampled hard step
 
 `--generate` times whole generations the way `latentcot eval` runs them (the method's `generate`, with the
 thinking controller's per-row bookkeeping): `cot` with hard tokens against `soft_thinking` plain and Gumbel, the
@@ -46,7 +50,7 @@ import torch
 from machine import preflight, verdict
 
 from latentcot.decoding.engine import DecodeState, Engine
-from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
+from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens, row_seed
 from latentcot.methods import build_method
 from latentcot.methods.base import generate_batched
 from latentcot.models.backbone import Backbone
@@ -78,6 +82,8 @@ def modes(bb: Backbone, k: int, batch: int) -> dict[str, Step]:
     vanilla = build_method("soft_thinking", {"soft_top_k": k}, bb)
     gumbel = build_method("soft_thinking", {"soft_top_k": k, "randomness": "gumbel"}, bb)
     rand = RowRandom([row_seed(0, str(i), 0) for i in range(batch)], bb.device)
+    sampled = GenerationConfig(temperature=0.6, top_p=0.95, min_p=0.001)
+    hard_rand = RowRandom([row_seed(1, str(i), 0) for i in range(batch)], bb.device)
     scale = embedding_scale(bb.model.get_input_embeddings())
 
     def gather(state: DecodeState) -> torch.Tensor:
@@ -96,7 +102,11 @@ def modes(bb: Backbone, k: int, batch: int) -> dict[str, Step]:
         "soft gumbel": lambda s: gumbel.think_inputs(s.logits, rand, gen).embeds,
         "soft dense": dense,
         "hard (again)": lambda s: bb.embed(s.logits.argmax(-1)),
+        "hard sampled": lambda s: bb.embed(next_tokens(s.logits, sampled, hard_rand)),
     }
+
+
+OPTIONAL = ("hard sampled",)  # timed only when --modes names them
 
 
 def time_modes(
@@ -264,6 +274,8 @@ def main() -> None:
         if unknown:
             ap.error(f"unknown mode(s) {unknown}; modes: {list(table)}")
         table = {name: table[name] for name in ["hard"] + [m for m in args.modes if m != "hard"]}
+    else:
+        table = {name: step for name, step in table.items() if name not in OPTIONAL}
     time_modes(bb, texts, 2, table)  # warm-up
     watch = preflight(args.allow_contended)
     runs: dict[str, list[float]] = {name: [] for name in table}

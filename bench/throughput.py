@@ -11,11 +11,17 @@ questions (as `latentcot eval --method cot`), greedy, EOS on, so rows end at ver
 - vLLM: `LLM.generate` on the same token ids (vLLM does its own continuous batching), when vLLM is importable in
   this interpreter or in --vllm-python's; --vllm on makes it required, --vllm off skips it.
 
+With --temperature T (and --top-p P) every arm samples instead (a user's pass@k or self-consistency run): the
+engine with its per-row streams, HF with do_sample (no top-k), vLLM with its own sampler; one more arm, engine static
+with the nucleus cut by a sort of the whole vocabulary (`sampling.NUCLEUS_WIDTHS = ()`, the engine before
+2026-12-01), must give the same tokens as engine static (HF and vLLM draw their own random numbers).
+
 Outputs are compared token for token against engine static. Arms run interleaved per batch size, so they see the
 same machine load; the bench prints the load and refuses to start when other processes hold the cores.
 
     python bench/throughput.py                                   # batch 8 and 32, 1 thread
     python bench/throughput.py --questions 64 --batch-sizes 32 --threads 2 --vllm-python /work/venvs/vllm/bin/python
+    python bench/throughput.py --temperature 0.6 --top-p 0.95 --vllm off   # sampled decoding
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 import torch
 from machine import preflight, verdict
 
+from latentcot.decoding import sampling
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
 from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
@@ -50,8 +57,8 @@ def main():  # vLLM starts worker processes by spawn, which re-imports this file
     from vllm import LLM, SamplingParams
     llm = LLM(model=req["model_dir"], tokenizer=req["model_dir"], dtype="float32", max_model_len=req["max_len"],
               seed=0, max_num_seqs=req["batch"], enforce_eager=True, enable_prefix_caching=False)
-    sp = SamplingParams(temperature=0.0, max_tokens=req["max_new_tokens"], stop_token_ids=req["eos"],
-                        detokenize=False)
+    sp = SamplingParams(temperature=req["temperature"], top_p=req["top_p"], max_tokens=req["max_new_tokens"],
+                        stop_token_ids=req["eos"], detokenize=False, seed=0)
     prompts = [{"prompt_token_ids": p} for p in req["prompts"]]
     llm.generate(prompts[:2], sp, use_tqdm=False)  # warm-up
     t0 = time.perf_counter()
@@ -79,9 +86,21 @@ def vllm_python(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run_engine(method, task, exs, gen, batch: int, refill: bool, packed: bool = True) -> tuple[float, list[list[int]]]:
-    """`packed`: the engine's default oneDNN-packed linear layers on CPU (False: run.cpu_prepack=false)."""
+def run_engine(method, task, exs, gen, batch: int, refill: bool, packed: bool = True,
+               nucleus_widths: tuple[int, ...] | None = None) -> tuple[float, list[list[int]]]:
+    """`packed`: the engine's default oneDNN-packed linear layers on CPU (False: run.cpu_prepack=false).
+    `nucleus_widths`: where sampling looks for the top-p cut (None: the default; (): a sort of every row)."""
     method.backbone.cpu_prepack = packed
+    default_widths = sampling.NUCLEUS_WIDTHS
+    if nucleus_widths is not None:
+        sampling.NUCLEUS_WIDTHS = nucleus_widths
+    try:
+        return _run_engine(method, task, exs, gen, batch, refill)
+    finally:
+        sampling.NUCLEUS_WIDTHS = default_widths
+
+
+def _run_engine(method, task, exs, gen, batch: int, refill: bool) -> tuple[float, list[list[int]]]:
     outs: list = [None] * len(exs)
     rand = lambda idx: RowRandom([row_seed(0, exs[i].id, 0) for i in idx])  # noqa: E731
     t0 = time.perf_counter()
@@ -107,8 +126,10 @@ def run_hf(bb: Backbone, prompts: list[list[int]], gen: GenerationConfig, batch:
             width = max(len(p) for p in chunk)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            sample = {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": 0}
             out = bb.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen.max_new_tokens,
-                                    do_sample=False, eos_token_id=eos, pad_token_id=pad)
+                                    eos_token_id=eos, pad_token_id=pad,
+                                    **(sample if not gen.greedy else {"do_sample": False}))
             for row in out[:, width:].tolist():
                 cut = next((i for i, t in enumerate(row) if t in eos), len(row))
                 toks.append(row[:cut])
@@ -123,7 +144,7 @@ def run_vllm(python: str, bb: Backbone, prompts, gen, batch: int, threads: int) 
             bb.model.save_pretrained(model_dir, safe_serialization=True)
             bb.tokenizer.save_pretrained(model_dir)
         req = {"model_dir": model_dir, "prompts": prompts, "max_new_tokens": gen.max_new_tokens, "eos": bb.eos_ids,
-               "batch": batch, "threads": threads, "max_len": max(len(p) for p in prompts) + gen.max_new_tokens + 8}
+               "batch": batch, "threads": threads, "temperature": gen.temperature, "top_p": gen.top_p, "max_len": max(len(p) for p in prompts) + gen.max_new_tokens + 8}
         (Path(tmp) / "req.json").write_text(json.dumps(req))
         (Path(tmp) / "worker.py").write_text(VLLM_WORKER)
         # the engine core runs inside the worker (no second process polling for work on a 2-core machine)
@@ -148,6 +169,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="8,32")
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples (every arm)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling")
     ap.add_argument("--vllm", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--vllm-python", help="an interpreter that has vllm (e.g. /work/venvs/vllm/bin/python)")
     ap.add_argument("--plain-linear", action="store_true",
@@ -166,12 +189,13 @@ def main() -> None:
     method = build_method("cot", {}, bb)
     method.eval()
     prompts = [method.prompt_ids(ex, task) for ex in exs]
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    decoding = "greedy" if gen.greedy else f"sampled at temperature {gen.temperature}, top-p {gen.top_p}"
     run_engine(method, task, exs[:2], GenerationConfig(max_new_tokens=4), 2, False)  # warm-up (and stop matcher etc.)
     run_hf(bb, prompts[:2], GenerationConfig(max_new_tokens=4), 2)
     watch = preflight(args.allow_contended)
     print(f"{args.model}, {len(exs)} GSM8K questions (cot prompts, {sum(map(len, prompts)) / len(prompts):.0f} prompt "
-          f"tokens on average), greedy, EOS on, max {args.max_new_tokens} new tokens, {args.threads} thread(s)")
+          f"tokens on average), {decoding}, EOS on, max {args.max_new_tokens} new tokens, {args.threads} thread(s)")
     print("| batch | arm | wall s | tokens/s | questions/s | vs HF | same tokens as engine static |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     results = []
@@ -181,6 +205,9 @@ def main() -> None:
             "engine refill": lambda b=batch: run_engine(method, task, exs, gen, b, True),
             "HF generate()": lambda b=batch: run_hf(bb, prompts, gen, b),
         }
+        if not gen.greedy:
+            arms["engine static, nucleus by full sort"] = lambda b=batch: run_engine(method, task, exs, gen, b, False,
+                                                                                   nucleus_widths=())
         if args.plain_linear:
             arms["engine static, cpu_prepack=false"] = lambda b=batch: run_engine(method, task, exs, gen, b, False, False)
         if python is not None:
@@ -197,8 +224,10 @@ def main() -> None:
         for name, (wall, toks) in got.items():
             n = sum(len(t) for t in toks)
             same = sum(a == b for a, b in zip(toks, ref))
+            own_draws = not gen.greedy and name in ("HF generate()", "vLLM")
+            shown = "- (own random draws)" if own_draws else f"{same}/{len(ref)}"
             print(f"| {batch} | {name} | {wall:.1f} | {n / wall:.1f} | {len(exs) / wall:.2f} | {hf / wall:.2f}x | "
-                  f"{same}/{len(ref)} |", flush=True)
+                  f"{shown} |", flush=True)
             results.append({"batch": batch, "arm": name, "wall": wall, "tokens": n, "same": same})
         lengths = sorted(len(t) for t in ref)
         print(f"|  | (generated tokens per question: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "

