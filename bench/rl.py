@@ -24,6 +24,7 @@ import statistics
 import time
 
 import torch
+from machine import preflight, verdict
 
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.methods import build_method
@@ -140,8 +141,10 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=48, help="prompt tokens in the memory rows")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--lora", action="store_true", help="LoRA r=8 (else full fine-tuning)")
+    p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     a = p.parse_args()
     torch.set_num_threads(1)
+    watch = preflight(a.allow_contended)
     load = os.getloadavg()
     res = {"model": a.model, "batch": a.prompts * a.group, "cot": a.cot, "answer": a.answer,
            "loadavg_1min_before": load[0], "throughput": throughput(a), "memory": memory(a),
@@ -155,6 +158,7 @@ def main() -> None:
     print(f"peak memory growth of one step: recompute {mem['recompute']['peak_growth_mib']:.1f} MiB, "
           f"SFT {mem['sft']['peak_growth_mib']:.1f} MiB ({mem['recompute_vs_sft']:.2f}x)")
     print(f"load average (1 min) {res['loadavg_1min_before']:.1f} before, {res['loadavg_1min_after']:.1f} after")
+    print(verdict(watch))
     print(json.dumps(res))
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import preflight, verdict
 
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.methods import build_method
@@ -58,6 +59,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models gain nothing from more)")
+    p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -67,6 +69,7 @@ def main() -> None:
     examples, task = questions(args.questions)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
     timed(method, examples[:2], task, gen, 2)  # warm-up
+    watch = preflight(args.allow_contended)
     t_batch, ids_batch = timed(method, examples, task, gen, args.batch_size)
     t_one, ids_one = timed(method, examples, task, gen, 1)
     n = len(examples)
@@ -79,6 +82,7 @@ def main() -> None:
     print(f"ratio (batched / one at a time): {t_one / t_batch:.1f}x")
     same = sum(a == b for a, b in zip(ids_batch, ids_one))
     print(f"greedy outputs identical: {same}/{n}")
+    print(verdict(watch))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import argparse
 import os
 import time
 
+from machine import preflight, verdict
+
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips?",
     "Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes of babysitting. How much did she earn?",
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32, help="Engine batch (vLLM schedules all prompts itself)")
+    ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     import torch
 
@@ -41,6 +44,7 @@ def main() -> None:
     gen = GenerationConfig(max_new_tokens=args.tokens, ignore_eos=True)
     print(f"{args.model}, {args.prompts} prompts x {args.tokens} greedy tokens, torch threads {torch.get_num_threads()}")
     eng = Engine(bb)
+    watch = preflight(args.allow_contended)
     t0 = time.perf_counter()
     ours = []
     for i in range(0, len(rows), args.batch_size):
@@ -57,6 +61,7 @@ def main() -> None:
     same = sum(a.token_ids == b.token_ids for a, b in zip(ours, theirs))
     print(f"engine {n / t_eng:.1f} tokens/s, vLLM {sum(len(o.token_ids) for o in theirs) / t_vllm:.1f} tokens/s "
           f"(start {t_start:.0f} s, not counted); identical rows {same}/{len(rows)}")
+    print(verdict(watch))
 
 
 if __name__ == "__main__":
