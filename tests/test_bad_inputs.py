@@ -7,9 +7,13 @@ problem (no traceback), and the working directory byte for byte as it was: nothi
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +168,17 @@ def test_broken_pipe_is_one_line(capsys, monkeypatch):
 
 def test_corpus_is_large_enough():
     assert len(CASES) >= 40
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+@pytest.mark.parametrize("argv", [["bench/vllm_decode.py"], ["bench/throughput.py", "--vllm", "on"]])
+def test_a_bench_asked_for_vllm_without_it_is_one_line_exit_2(argv):
+    """Issue 14's bad input: a benchmark asked for vLLM where it does not import says so in one line, before any
+    model is loaded or measured."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root / "bench")])}
+    proc = subprocess.run([sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "vllm" in lines[0].lower() and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
