@@ -12,6 +12,11 @@ The engine-speed work's profile, as a command (README "Where the time goes"):
     python bench/profile_step.py                        # smollm2-135m-instruct, 1 thread
     python bench/profile_step.py --plain-cache          # the same with the cache grown by torch.cat
     python bench/profile_step.py --no-prepack           # the same with plain F.linear (no oneDNN-packed weights)
+    python bench/profile_step.py --questions 8 --temperature 0.6 --top-p 0.95 [--nucleus-sort]   # sampled steps
+
+With --temperature the profiled steps sample their tokens (`sampling.next_tokens` with per-row streams, top-p
+--top-p) instead of taking the argmax; --nucleus-sort cuts the nucleus by a sort of the whole vocabulary, as the
+engine did before 2026-12-01 (`sampling.NUCLEUS_WIDTHS = ()`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from machine import preflight, verdict
 from torch.profiler import ProfilerActivity, profile
 
 import latentcot.decoding.engine as engine_mod
+from latentcot.decoding import sampling
+from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens, row_seed
 from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
@@ -54,11 +61,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plain-cache", action="store_true", help="grow the KV cache by concatenation (no SlackLayer)")
     ap.add_argument("--no-prepack", action="store_true", help="plain F.linear in decode steps (run.cpu_prepack=false)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="> 0: the profiled steps sample (default greedy)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling")
+    ap.add_argument("--nucleus-sort", action="store_true", help="cut the nucleus by a full sort (the engine before)")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.plain_cache:
         engine_mod.use_slack = lambda cache: cache
+    if args.nucleus_sort:
+        sampling.NUCLEUS_WIDTHS = ()
     bb = Backbone(*load_model(args.model), args.model)
     bb.cpu_prepack = not args.no_prepack
     task = get_task("gsm8k")
@@ -75,17 +87,21 @@ def main() -> None:
     print(f"{len(exs)} GSM8K cot prompts: mean {mean:.1f} tokens, widest {width}: one padded batch computes "
           f"{1 - mean / width:.0%} padding")
     eng = method.engine
+    gen = GenerationConfig(temperature=args.temperature, top_p=args.top_p)
+    rand = RowRandom([row_seed(0, ex.id, 0) for ex in exs])
     with torch.no_grad():
         state = method.start_state(exs, task)
         for _ in range(16):
-            state = eng.step_tokens(state, state.logits.argmax(-1))
+            state = eng.step_tokens(state, next_tokens(state.logits, gen, rand))
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(args.steps):
-                state = eng.step_tokens(state, state.logits.argmax(-1))
+                state = eng.step_tokens(state, next_tokens(state.logits, gen, rand))
     cache = "concatenated (--plain-cache)" if args.plain_cache else "SlackLayer"
     linear = "plain F.linear (--no-prepack)" if args.no_prepack else "oneDNN-packed weights"
+    tokens = "greedy" if gen.greedy else f"sampled at temperature {gen.temperature}, top-p {gen.top_p}" + (
+        " (nucleus by a full sort)" if args.nucleus_sort else "")
     print(f"decode steps at batch {len(exs)}, context ~{state.attention_mask.shape[1]}, KV cache {cache}, "
-          f"linear layers {linear}:")
+          f"linear layers {linear}, tokens {tokens}:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     print(verdict(watch))
 
