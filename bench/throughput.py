@@ -144,7 +144,8 @@ def run_vllm(python: str, bb: Backbone, prompts, gen, batch: int, threads: int) 
             bb.model.save_pretrained(model_dir, safe_serialization=True)
             bb.tokenizer.save_pretrained(model_dir)
         req = {"model_dir": model_dir, "prompts": prompts, "max_new_tokens": gen.max_new_tokens, "eos": bb.eos_ids,
-               "batch": batch, "threads": threads, "temperature": gen.temperature, "top_p": gen.top_p, "max_len": max(len(p) for p in prompts) + gen.max_new_tokens + 8}
+               "batch": batch, "threads": threads, "temperature": gen.temperature, "top_p": gen.top_p,
+               "max_len": max(len(p) for p in prompts) + gen.max_new_tokens + 8}
         (Path(tmp) / "req.json").write_text(json.dumps(req))
         (Path(tmp) / "worker.py").write_text(VLLM_WORKER)
         # the engine core runs inside the worker (no second process polling for work on a 2-core machine)

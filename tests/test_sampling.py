@@ -105,7 +105,8 @@ def test_the_top_p_cut_on_slices_is_the_full_sort_bit_for_bit():
                 got = filter_probs(logits, temperature, top_k, top_p, min_p, nucleus_widths=widths)
                 assert torch.equal(got, ref), (top_k, top_p, min_p, temperature, widths)
     # the default (slices from sampling.NUCLEUS_MIN_VOCAB tokens up) on a vocabulary that size
-    wide = torch.randn(6, 5000, generator=torch.Generator().manual_seed(4)) * torch.tensor([9.0, 6, 3, 1, 0.3, 0])[:, None]
+    scales = torch.tensor([9.0, 6, 3, 1, 0.3, 0])[:, None]
+    wide = torch.randn(6, 5000, generator=torch.Generator().manual_seed(4)) * scales
     assert torch.equal(filter_probs(wide, 0.7, 0, 0.95), filter_probs(wide, 0.7, 0, 0.95, nucleus_widths=()))
     # the full sort itself, against a hand cut: keep the smallest prefix of the sorted row reaching top_p
     p = torch.tensor([[0.0625, 0.5, 0.1875, 0.25]])
