@@ -9,7 +9,8 @@ questions (as `latentcot eval --method cot`), greedy, EOS on, so rows end at ver
   default oneDNN-packed weights (`latentcot.decoding.prepack`);
 - HF generate(): the same left-padded batches through `model.generate` (finished rows compute until the batch ends);
 - vLLM: `LLM.generate` on the same token ids (vLLM does its own continuous batching), when vLLM is importable in
-  this interpreter or in --vllm-python's; --vllm on makes it required, --vllm off skips it.
+  this interpreter or in --vllm-python's; --vllm on or --vllm-python makes it required (a bad one: one line, exit 2
+  before anything is measured), --vllm off skips it.
 
 With --temperature T (and --top-p P) every arm samples instead (a user's pass@k or self-consistency run): the
 engine with its per-row streams, HF with do_sample (no top-k), vLLM with its own sampler; one more arm, engine static
@@ -77,13 +78,18 @@ class VLLMFailed(RuntimeError):
 
 
 def vllm_python(args: argparse.Namespace) -> str | None:
-    """The interpreter that can import vLLM, or None."""
-    if importlib.util.find_spec("vllm") is not None:
-        return sys.executable
-    if args.vllm_python and Path(args.vllm_python).is_file():
-        ok = subprocess.run([args.vllm_python, "-c", "import vllm"], capture_output=True).returncode == 0
-        return args.vllm_python if ok else None
-    return None
+    """The interpreter that can import vLLM, or None. An interpreter named by --vllm-python asks for vLLM: when it is
+    not there or cannot import vLLM, one line says so and the bench exits with 2 before it measures anything."""
+    if args.vllm_python:
+        why = "no such file"
+        if Path(args.vllm_python).is_file():
+            proc = subprocess.run([args.vllm_python, "-c", "import vllm"], capture_output=True, text=True)
+            if proc.returncode == 0:
+                return args.vllm_python
+            why = "it cannot import vllm: " + ((proc.stderr.strip().splitlines() or ["no message"])[-1])
+        print(f"--vllm-python {args.vllm_python}: {why}", file=sys.stderr)
+        raise SystemExit(2)
+    return sys.executable if importlib.util.find_spec("vllm") is not None else None
 
 
 def run_engine(method, task, exs, gen, batch: int, refill: bool, packed: bool = True,

@@ -171,7 +171,11 @@ def test_corpus_is_large_enough():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
-@pytest.mark.parametrize("argv", [["bench/vllm_decode.py"], ["bench/throughput.py", "--vllm", "on"]])
+@pytest.mark.parametrize("argv", [
+    ["bench/vllm_decode.py"], ["bench/throughput.py", "--vllm", "on"],
+    ["bench/throughput.py", "--vllm-python", "no/such/python"],
+    ["bench/throughput.py", "--vllm-python", sys.executable],
+])
 def test_a_bench_asked_for_vllm_without_it_is_one_line_exit_2(argv):
     """Issue 14's bad input: a benchmark asked for vLLM where it does not import says so in one line, before any
     model is loaded or measured."""
