@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, preflight, run, verdict
 
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.tasks import get_task
@@ -150,13 +150,13 @@ def decode_steps(args: argparse.Namespace) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--questions", type=int, default=200)
-    p.add_argument("--baseline-questions", type=int, default=32, help="questions timed for the slow baseline")
+    p.add_argument("--questions", type=positive_int, default=200)
+    p.add_argument("--baseline-questions", type=positive_int, default=32, help="questions timed for the slow baseline")
     p.add_argument("--batch", type=int, default=0, help="batch size of the engine (0 = the run's own batch_size)")
     p.add_argument("--task", default="pointer_chase2", help="the demo task whose coconut arm is measured")
-    p.add_argument("--repeats", type=int, default=2, help="timings are the best of this many runs")
+    p.add_argument("--repeats", type=positive_int, default=2, help="timings are the best of this many runs")
     p.add_argument("--demo-dir", default="runs/demo")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--train", action="store_true",
                    help="train the demo's cot_sft and coconut arms of --task into --demo-dir when they are missing")
     p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
@@ -189,4 +189,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -22,7 +22,7 @@ import argparse
 import time
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, preflight, run, verdict
 from soft_step import QUESTIONS
 
 from latentcot.decoding.engine import Engine
@@ -44,10 +44,10 @@ def best_of(fn, repeats: int) -> tuple[float, list[list[int]]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=positive_int, default=8)
+    ap.add_argument("--new-tokens", type=positive_int, default=64)
+    ap.add_argument("--repeats", type=positive_int, default=2)
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--engine-compiled", action="store_true", help="also try compiling the engine's model call")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
@@ -124,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, positive_ints, preflight, run, verdict
 
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import GenerationConfig
@@ -72,7 +72,7 @@ def load(args: argparse.Namespace) -> Backbone:
     if args.shape:
         from latentcot.models.tiny import build_tiny, tiny_model
 
-        d, layers, heads = (int(x) for x in args.shape.split(","))
+        d, layers, heads = args.shape
         _, tok = tiny_model("tiny-llama")
         model = build_tiny("llama", len(tok), d=d, layers=layers, heads=heads)
         name = f"random llama d={d} layers={layers} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params)"
@@ -86,21 +86,24 @@ def load(args: argparse.Namespace) -> Backbone:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-llama")
-    ap.add_argument("--batch-sizes", default="1,8,32")
-    ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-sizes", default="1,8,32", type=positive_ints)
+    ap.add_argument("--steps", type=positive_int, default=64)
+    ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--shape", help="d,layers,heads: a random Llama of that shape instead of --model")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--shape", type=positive_ints,
+                    help="d,layers,heads: a random Llama of that shape instead of --model")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
+    if args.shape and len(args.shape) != 3:
+        ap.error(f"argument --shape: expected three numbers d,layers,heads, got {len(args.shape)}")
     torch.set_num_threads(args.threads)
     bb = load(args)
     watch = preflight(args.allow_contended)
     print(f"model {bb.name} on {torch.cuda.get_device_name() if bb.device.type == 'cuda' else 'cpu'} in {args.dtype}, {args.steps} decode steps, greedy, median of {args.repeats} runs (prefill included on both sides)")
     print(f"{'batch':>5} {'engine ms/step':>15} {'HF ms/step':>11} {'ratio':>6}")
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+    for bs in args.batch_sizes:
         texts = prompts(bb, bs)
         time_engine(bb, texts, 4), time_hf(bb, texts, 4)  # warm-up
         eng, hf = [], []
@@ -113,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,7 +25,7 @@ import argparse
 import time
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, preflight, run, verdict
 from torch.profiler import ProfilerActivity, profile
 
 import latentcot.decoding.engine as engine_mod
@@ -39,7 +39,8 @@ from latentcot.tasks import get_task
 
 def prefill_rate(bb: Backbone, batch: int, length: int, seconds: float) -> float:
     """Real positions per second of one unpadded forward over `batch` rows of `length` tokens."""
-    ids = torch.randint(100, 1000, (batch, length), generator=torch.Generator().manual_seed(0))
+    V = bb.vocab_size  # ids from 100 up (past most special tokens), inside the vocabulary (tiny-llama has 261)
+    ids = torch.randint(min(100, V // 2), min(1000, V), (batch, length), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(batch, length, dtype=torch.long)
     pos = torch.arange(length).expand(batch, length)
     with torch.no_grad():
@@ -54,11 +55,11 @@ def prefill_rate(bb: Backbone, batch: int, length: int, seconds: float) -> float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--questions", type=int, default=32, help="GSM8K cot prompts decoded at once")
-    ap.add_argument("--steps", type=int, default=8, help="decode steps profiled (after 16 unprofiled ones)")
-    ap.add_argument("--prompt-len", type=int, default=118, help="row length of the prefill-rate probe")
+    ap.add_argument("--questions", type=positive_int, default=32, help="GSM8K cot prompts decoded at once")
+    ap.add_argument("--steps", type=positive_int, default=8, help="decode steps profiled (after 16 unprofiled ones)")
+    ap.add_argument("--prompt-len", type=positive_int, default=118, help="row length of the prefill-rate probe")
     ap.add_argument("--seconds", type=float, default=4.0, help="time per prefill-rate probe")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--plain-cache", action="store_true", help="grow the KV cache by concatenation (no SlackLayer)")
     ap.add_argument("--no-prepack", action="store_true", help="plain F.linear in decode steps (run.cpu_prepack=false)")
     ap.add_argument("--temperature", type=float, default=0.0, help="> 0: the profiled steps sample (default greedy)")
@@ -107,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,7 +24,7 @@ import statistics
 import time
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, preflight, run, verdict
 
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.methods import build_method
@@ -134,12 +134,12 @@ def memory(a) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-llama")
-    p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--group", type=int, default=8)
-    p.add_argument("--cot", type=int, default=32, help="CoT steps per row")
-    p.add_argument("--answer", type=int, default=8, help="answer tokens per row")
-    p.add_argument("--prompt-len", type=int, default=48, help="prompt tokens in the memory rows")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompts", type=positive_int, default=4)
+    p.add_argument("--group", type=positive_int, default=8)
+    p.add_argument("--cot", type=positive_int, default=32, help="CoT steps per row")
+    p.add_argument("--answer", type=positive_int, default=8, help="answer tokens per row")
+    p.add_argument("--prompt-len", type=positive_int, default=48, help="prompt tokens in the memory rows")
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--lora", action="store_true", help="LoRA r=8 (else full fine-tuning)")
     p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     a = p.parse_args()
@@ -163,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, preflight, run, verdict
 
 from latentcot.decoding.engine import DecodeState, Engine
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens, row_seed
@@ -253,11 +253,11 @@ def report(runs: dict[str, list[float]], per: int = 1) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny-llama")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--top-k", type=int, default=15)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--batch", type=positive_int, default=8)
+    ap.add_argument("--steps", type=positive_int, default=64)
+    ap.add_argument("--top-k", type=positive_int, default=15)
+    ap.add_argument("--repeats", type=positive_int, default=15)
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     ap.add_argument("--stages", action="store_true", help="also time the Gumbel soft input's parts (see above)")
     ap.add_argument("--generate", action="store_true", help="also time whole generations, cot vs soft_thinking")
@@ -304,4 +304,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

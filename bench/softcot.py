@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, preflight, run, verdict
 
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.methods import build_method
@@ -52,13 +52,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-gpt2", help="backbone alias")
     p.add_argument("--assistant", default="tiny-llama", help="assistant alias")
-    p.add_argument("--questions", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--num-thoughts", type=int, default=4)
+    p.add_argument("--questions", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--num-thoughts", type=positive_int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models gain nothing from more)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch CPU threads (tiny models gain nothing from more)")
     p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -22,7 +22,7 @@ import argparse
 import time
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, positive_ints, preflight, run, verdict
 
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import RowRandom, row_seed
@@ -69,9 +69,9 @@ def row(B: int, k: int, eng: Engine, bb: Backbone) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch-sizes", default="8,32,100")
-    ap.add_argument("--k", type=int, default=15, help="uniforms per row and draw (Gumbel: soft_top_k)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-sizes", default="8,32,100", type=positive_ints)
+    ap.add_argument("--k", type=positive_int, default=15, help="uniforms per row and draw (Gumbel: soft_top_k)")
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,10 +82,10 @@ def main() -> None:
     print("| batch | v1 loop into a preallocated tensor | v1 per-row rand + stack | v1 from blocks (now) "
           "| one generator (not v1) | tiny-llama cached step | now, share of the step |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for B in [int(b) for b in args.batch_sizes.split(",")]:
+    for B in args.batch_sizes:
         print(row(B, args.k, eng, bb))
     print(verdict(watch))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

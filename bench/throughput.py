@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import preflight, verdict
+from machine import positive_int, positive_ints, preflight, run, verdict
 
 from latentcot.decoding import sampling
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
@@ -172,10 +172,10 @@ def run_vllm(python: str, bb: Backbone, prompts, gen, batch: int, threads: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--questions", type=int, default=32, help="first N GSM8K test questions")
-    ap.add_argument("--batch-sizes", default="8,32")
-    ap.add_argument("--max-new-tokens", type=int, default=160)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--questions", type=positive_int, default=32, help="first N GSM8K test questions")
+    ap.add_argument("--batch-sizes", default="8,32", type=positive_ints)
+    ap.add_argument("--max-new-tokens", type=positive_int, default=160)
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples (every arm)")
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling")
     ap.add_argument("--vllm", choices=("auto", "on", "off"), default="auto")
@@ -206,7 +206,7 @@ def main() -> None:
     print("| batch | arm | wall s | tokens/s | questions/s | vs HF | same tokens as engine static |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     results = []
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+    for batch in args.batch_sizes:
         arms = {
             "engine static": lambda b=batch: run_engine(method, task, exs, gen, b, False),
             "engine refill": lambda b=batch: run_engine(method, task, exs, gen, b, True),
@@ -245,4 +245,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

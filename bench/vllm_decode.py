@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from machine import preflight, verdict
+from machine import positive_int, preflight, run, verdict
 
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips?",
@@ -26,9 +26,10 @@ QUESTIONS = [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="alias or model directory")
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=32, help="Engine batch (vLLM schedules all prompts itself)")
+    ap.add_argument("--prompts", type=positive_int, default=32)
+    ap.add_argument("--tokens", type=positive_int, default=128)
+    ap.add_argument("--batch-size", type=positive_int, default=32,
+                    help="Engine batch (vLLM schedules all prompts itself)")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     import torch
@@ -73,4 +74,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main()
+    run(main)

@@ -170,6 +170,25 @@ def test_corpus_is_large_enough():
     assert len(CASES) >= 40
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["bench/soft_step.py", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["bench/rl.py", "--model", "no/such/dir"], "model 'no/such/dir'"),
+    (["bench/throughput.py", "--batch-sizes", "8,x"], "argument --batch-sizes: expected whole numbers >= 1"),
+    (["bench/soft_step.py", "--batch", "0"], "argument --batch: expected a whole number >= 1, got 0"),
+    (["bench/decode.py", "--shape", "64,2"], "argument --shape: expected three numbers"),
+])
+def test_a_bench_given_a_bad_setting_says_so_in_one_line_exit_2(argv, says):
+    """A bench's bad input (an unknown model, a bad number) is one error line and exit 2, as in the CLI (argparse
+    prints its usage above its line), not a traceback after the load check."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root / "bench")])}
+    proc = subprocess.run([sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{Path(argv[0]).name}: error: ") and says in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 @pytest.mark.parametrize("argv", [
     ["bench/vllm_decode.py"], ["bench/throughput.py", "--vllm", "on"],
