@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from machine import positive_int, preflight, run, verdict
+from machine import preflight, verdict
 
+from latentcot.cli.common import positive_int, run_script
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.tasks import get_task
 from latentcot.training.checkpoint import load_weights
@@ -189,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

@@ -22,9 +22,10 @@ import argparse
 import time
 
 import torch
-from machine import positive_int, preflight, run, verdict
+from machine import preflight, verdict
 from soft_step import QUESTIONS
 
+from latentcot.cli.common import positive_int, run_script
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.models.backbone import Backbone
@@ -124,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

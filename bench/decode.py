@@ -15,8 +15,9 @@ import statistics
 import time
 
 import torch
-from machine import positive_int, positive_ints, preflight, run, verdict
+from machine import preflight, verdict
 
+from latentcot.cli.common import positive_int, positive_ints, run_script
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.models.backbone import Backbone
@@ -116,4 +117,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

@@ -8,12 +8,9 @@ they held more than `BUSY` cores on average, the report says CONTENDED next to t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 BUSY = 0.25  # cores held by other processes above which numbers are contended
 
@@ -101,37 +98,3 @@ def verdict(w: LoadWatch) -> str:
         return f"load during the run: unknown; {machine_line()}"
     flag = "CONTENDED: other processes shared the cores, compare only ratios measured side by side" if others > BUSY else "quiet"
     return f"load during the run: other processes {others:.2f} cores on average ({flag}); {machine_line()}"
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a bad one is argparse's one-line error and exit 2)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
-
-
-def positive_ints(text: str) -> list[int]:
-    """argparse type: comma-separated integers >= 1, e.g. "8,32"."""
-    try:
-        return [positive_int(part) for part in text.split(",")]
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, got {text!r}") from None
-
-
-def run(main: Callable[[], None]) -> None:
-    """Runs a bench's `main`: an error a user can cause (an unknown model, a missing file or directory, a bad
-    setting) is one line on stderr and exit status 2, as in the CLI; anything else keeps its traceback."""
-    from latentcot.errors import user_error
-
-    try:
-        main()
-    except Exception as e:
-        msg = user_error(e)
-        if msg is None:
-            raise
-        print(f"{Path(sys.argv[0]).name}: error: {msg}", file=sys.stderr)
-        raise SystemExit(2) from None

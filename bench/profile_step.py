@@ -25,10 +25,11 @@ import argparse
 import time
 
 import torch
-from machine import positive_int, preflight, run, verdict
+from machine import preflight, verdict
 from torch.profiler import ProfilerActivity, profile
 
 import latentcot.decoding.engine as engine_mod
+from latentcot.cli.common import positive_int, run_script
 from latentcot.decoding import sampling
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens, row_seed
 from latentcot.methods import build_method
@@ -108,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

@@ -24,8 +24,9 @@ import statistics
 import time
 
 import torch
-from machine import positive_int, preflight, run, verdict
+from machine import preflight, verdict
 
+from latentcot.cli.common import positive_int, run_script
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
@@ -163,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

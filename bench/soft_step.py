@@ -47,8 +47,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from machine import positive_int, preflight, run, verdict
+from machine import preflight, verdict
 
+from latentcot.cli.common import positive_int, run_script
 from latentcot.decoding.engine import DecodeState, Engine
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens, row_seed
 from latentcot.methods import build_method
@@ -304,4 +305,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import torch
-from machine import positive_int, preflight, run, verdict
+from machine import preflight, verdict
 
+from latentcot.cli.common import positive_int, run_script
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.methods import build_method
 from latentcot.methods.base import generate_batched
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

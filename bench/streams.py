@@ -22,8 +22,9 @@ import argparse
 import time
 
 import torch
-from machine import positive_int, positive_ints, preflight, run, verdict
+from machine import preflight, verdict
 
+from latentcot.cli.common import positive_int, positive_ints, run_script
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.sampling import RowRandom, row_seed
 from latentcot.models.backbone import Backbone
@@ -88,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

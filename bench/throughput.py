@@ -38,8 +38,9 @@ import time
 from pathlib import Path
 
 import torch
-from machine import positive_int, positive_ints, preflight, run, verdict
+from machine import preflight, verdict
 
+from latentcot.cli.common import positive_int, positive_ints, run_script
 from latentcot.decoding import sampling
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
 from latentcot.methods import build_method
@@ -245,4 +246,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

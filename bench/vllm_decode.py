@@ -13,7 +13,9 @@ import os
 import sys
 import time
 
-from machine import positive_int, preflight, run, verdict
+from machine import preflight, verdict
+
+from latentcot.cli.common import positive_int, run_script
 
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips?",
@@ -74,4 +76,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    run(main)
+    run_script(main)

@@ -32,18 +32,19 @@ with the mean and standard error of that difference.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from latentcot.cli.common import run_script
+from latentcot.errors import DataError
 from latentcot.eval.metrics import mcnemar_exact, mean_se
 from latentcot.eval.runner import SAMPLES, read_samples
 
 
 def records(run: Path) -> list[dict]:
-    """The run's sample records; exits with one line when it has none."""
+    """The run's sample records; DataError when it has none."""
     recs = read_samples(run / SAMPLES)
     if not recs:
-        sys.exit(f"compare_runs: error: {run / SAMPLES} holds no samples; evaluate first")
+        raise DataError(f"{run / SAMPLES} holds no samples; evaluate first")
     return recs
 
 
@@ -71,7 +72,7 @@ def by_draw(run_a: Path, run_b: Path, mode: str) -> dict[str, int]:
         recs[name] = {(str(r["id"]), int(r["seed"]), int(r["sample"])): r for r in records(run)}
     keys = sorted(set(recs["a"]) & set(recs["b"]))
     if not keys:
-        sys.exit("compare_runs: error: the two runs share no (question, seed, sample); --by-draw needs the same "
+        raise DataError("the two runs share no (question, seed, sample); --by-draw needs the same "
                  "questions and seeds")
     out = {"samples": len(keys), "both": 0, "only_a": 0, "only_b": 0, "neither": 0, "with_text": 0, "same_text": 0}
     for k in keys:
@@ -115,7 +116,7 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     error (sample standard deviation of the per-question differences / sqrt(n); 0 for one question)."""
     common = sorted(set(a) & set(b))
     if not common:
-        sys.exit("compare_runs: error: the two runs share no question ids")
+        raise DataError("the two runs share no question ids")
     n = len(common)
     diff, se = mean_se([100 * (b[q] - a[q]) for q in common])
     return {"n": n, "a": 100 * sum(a[q] for q in common) / n, "b": 100 * sum(b[q] for q in common) / n,
@@ -195,7 +196,7 @@ def main() -> None:
     a, bq = correct_by_question(args.a, args.mode), correct_by_question(b, args.mode)
     common = sorted(set(a) & set(bq))
     if not common:
-        sys.exit("compare_runs: error: the two runs share no question ids")
+        raise DataError("the two runs share no question ids")
     both = sum(a[q] and bq[q] for q in common)
     only_a = sum(a[q] and not bq[q] for q in common)
     only_b = sum(bq[q] and not a[q] for q in common)
@@ -205,4 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,7 +1,7 @@
 """What the RLOO recipes share (`rloo_pointer_chase.py`, `rloo_smollm2.py`, `rloo_paired_base.py`, `rloo_eval.py`,
-`rloo_grad_diag.py`; run as scripts, which puts this folder on the import path): a training run that is resumed or
-reused, the MODE=VALUE / KEY=VALUE options, the quarters of a run's steps, and how a recipe ends on an error a user
-can cause."""
+`rloo_grad_diag.py`, `rloo_cot_vs_answer.py`; run as scripts, which puts this folder on the import path): a training
+run that is resumed or reused, the MODE=VALUE / KEY=VALUE options, the quarters of a run's steps, every run's
+settings checked before the first starts, and how a recipe ends on an error a user can cause."""
 
 from __future__ import annotations
 
@@ -46,20 +46,18 @@ def quarters(rows: list) -> list[list]:
     return [part for part in (rows[:q], rows[q:2 * q], rows[2 * q:3 * q], rows[3 * q:]) if part]
 
 
-def run_main(main: Callable[[], None]) -> None:
-    """main(); an error a user can cause (a setting the method refuses, an unknown name, a missing file) ends as one
-    line on stderr and exit 2, as in `latentcot train`; any other error keeps its traceback. Ctrl-C says how to go
-    on (the recipes' runs resume) instead of printing a traceback, and exits 130."""
-    from latentcot.errors import user_error
+def check_settings(runs: list[dict]) -> None:
+    """Resolves (and so checks) every run's settings before the first one starts: a setting the method refuses ends
+    the recipe (through `run_main`) before anything is trained or written, not after the runs before it."""
+    from latentcot.pipeline import resolve
 
-    try:
-        main()
-    except Exception as e:
-        message = user_error(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        sys.exit(130)
+    for values in runs:
+        resolve({**values, "progress": False})
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """main(), ended as the CLI ends (`cli.common.run_script`): an error a user can cause is one line on stderr and
+    exit 2; Ctrl-C says how to go on (the recipes' runs resume) and exits 130."""
+    from latentcot.cli.common import run_script
+
+    run_script(main, interrupted="interrupted; re-run the same command to resume")

@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from rloo_common import run_main
+
 
 def stats(path: Path, held: dict) -> dict:
     n = right = cot = given = start = 0
@@ -38,18 +40,23 @@ def main() -> None:
     p.add_argument("--answer-hops", type=int, default=0)
     p.add_argument("--distinct", action="store_true", help="the runs' task had distinct=true")
     a = p.parse_args()
+    from latentcot.errors import DataError
     from latentcot.tasks import get_task
 
     task = get_task("pointer_chase", k=a.k, answer_hops=a.answer_hops, num_train=4000, distinct=a.distinct)
     held = {e.id: e for e in task.load("valid")}
+    evals = {run: sorted(run.glob("eval_step*/samples.jsonl"), key=lambda f: int(f.parent.name[len("eval_step"):]))
+             for run in a.runs}
+    for run, found in evals.items():
+        if not found:
+            raise DataError(f"{run} holds no held-out evaluation (eval_stepN/samples.jsonl): pass a trained rloo run")
     print("| run | eval | accuracy | CoT all right | answer right when the CoT is right | answer = start node |\n"
           "|---|---|---|---|---|---|")
     for run in a.runs:
-        evals = sorted(run.glob("eval_step*/samples.jsonl"), key=lambda f: int(f.parent.name[len("eval_step"):]))
-        for f in (evals[0], evals[-1]):
+        for f in (evals[run][0], evals[run][-1]):
             s = stats(f, held)
             print(f"| {run} | {f.parent.name} | {s['acc']:.1f} | {s['cot']:.1f} | {s['answer_given_cot']:.1f} | {s['start']:.1f} |")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,7 @@ import resource
 import time
 from pathlib import Path
 
-from rloo_common import key_values, run_main, train
+from rloo_common import check_settings, key_values, run_main, train
 
 MODEL = "scratch-gpt2:pointer_chase"
 
@@ -94,19 +94,25 @@ def main() -> None:
         task["answer_hops"] = a.answer_hops
     if a.distinct:
         task["distinct"] = True
-    train({**task, "method": "cot_sft", "max_steps": a.sft_steps, "train_batch_size": 64, "lr": 1e-3,
-           "run.seed": 0, "save_every": 0}, out / "sft")
+    sft = {**task, "method": "cot_sft", "max_steps": a.sft_steps, "train_batch_size": 64, "lr": 1e-3, "run.seed": 0,
+           "save_every": 0}
+
+    def rloo_values(mode: str, seed: int) -> dict:
+        return {**task, "method": "rloo", "rollout_mode": mode, "init_from": str(out / "sft"),
+                "think_end": "####", "max_cot_tokens": a.k + 2, "max_answer_tokens": 2,
+                "group_size": a.group_size, "prompts_per_step": a.prompts, "max_steps": mode_steps.get(mode, a.steps),
+                "lr": mode_lr.get(mode, a.lr), "normalize_advantages": a.normalize_advantages,
+                "eval_every": a.eval_every, "eval_limit": a.eval_limit, "max_new_tokens": 2, "batch_size": 100,
+                "log_every": 1, "save_every": 20, "run.seed": seed, **extra}
+
+    check_settings([sft] + [rloo_values(mode, seed) for mode in a.modes for seed in a.seeds])
+    train(sft, out / "sft")
     runs: dict[str, list[Path]] = {}
     rows = []
     for mode in a.modes:
         for seed in a.seeds:
             run = out / f"rloo-{mode}-s{seed}"
-            values = {**task, "method": "rloo", "rollout_mode": mode, "init_from": str(out / "sft"),
-                      "think_end": "####", "max_cot_tokens": a.k + 2, "max_answer_tokens": 2,
-                      "group_size": a.group_size, "prompts_per_step": a.prompts, "max_steps": mode_steps.get(mode, a.steps), "lr": mode_lr.get(mode, a.lr),
-                      "normalize_advantages": a.normalize_advantages,
-                      "eval_every": a.eval_every, "eval_limit": a.eval_limit, "max_new_tokens": 2, "batch_size": 100,
-                      "log_every": 1, "save_every": 20, "run.seed": seed, **extra}
+            values = rloo_values(mode, seed)
             if a.sft_only:
                 if seed == a.seeds[0]:
                     eval_start(values, out / f"start-{mode}", a.eval_limit)

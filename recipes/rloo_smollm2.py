@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from rloo_common import key_values, quarters, run_main, train
+from rloo_common import check_settings, key_values, quarters, run_main, train
 
 SETTING = Path(__file__).with_name("rloo_smollm2_word_arith.yaml")  # the task, the prompt, the CoT budget
 
@@ -104,11 +104,15 @@ def main() -> None:
     def by_quarter(tr: list[dict], key: str) -> list[float]:
         return [mean(part, key) for part in quarters(tr)]
 
+    def values(mode: str, seed: int) -> dict:
+        return {**base, "run.seed": seed, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr),
+                "train.max_steps": mode_steps.get(mode, a.steps)}
+
+    check_settings([values(mode, seed) for mode in a.modes for seed in seeds[mode]])
     for mode in a.modes:
         for seed in seeds[mode]:
             run = out / f"rloo-{mode}-s{seed}"
-            train({**base, "run.seed": seed, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr),
-                   "train.max_steps": mode_steps.get(mode, a.steps)}, run, progress=True)
+            train(values(mode, seed), run, progress=True)
             runs.setdefault(mode, []).append(run / "train_log.jsonl")
             tr, _ = read_log(run / "train_log.jsonl")
             rows.append({"mode": mode, "seed": seed, "run": run, "lr": mode_lr.get(mode, a.lr), "steps": len(tr),

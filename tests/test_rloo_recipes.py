@@ -237,3 +237,44 @@ def test_paired_base_replays_the_runs_own_training_stream(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and bad[0] in r.stderr, r.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_recipes_check_every_runs_settings_before_the_first_trains(tmp_path):
+    """A setting refused for a later run (here the hard run's lr, the second mode; in the pointer-chase recipe any
+    RLOO setting, checked before its cot_sft start model trains) ends the recipe with one line and exit 2 before
+    anything is trained or written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    for script, args, field in (
+        ("rloo_smollm2.py", ["--modes", "soft", "hard", "--mode-lr", "hard=-1", "--steps", "1", "--no-eval",
+                             "--set", "model=tiny-llama"], "lr"),
+        ("rloo_pointer_chase.py", ["--modes", "hard", "--sft-steps", "1", "--steps", "1", "--set", "no_such_key=1"],
+         "no_such_key"),
+    ):
+        out = tmp_path / script
+        r = subprocess.run([sys.executable, str(recipes / script), "--out", str(out), *args],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr[-2000:]
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and field in lines[0], r.stderr[-2000:]
+        assert not out.exists()
+
+
+def test_analysis_recipes_name_a_run_without_results_in_one_line(tmp_path):
+    """rloo_cot_vs_answer.py on a folder with no held-out evaluation and compare_runs.py on one with no samples: one
+    error line naming the folder, exit 2, no traceback and no table."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for script, args in (("rloo_cot_vs_answer.py", [str(empty)]), ("compare_runs.py", [str(empty), str(empty)])):
+        r = subprocess.run([sys.executable, str(recipes / script), *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr[-2000:])
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and str(empty) in lines[0], r.stderr

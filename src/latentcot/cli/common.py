@@ -1,8 +1,12 @@
-"""Arguments shared by `eval` and `train`: the run's names, config file and key=value settings."""
+"""Arguments shared by `eval` and `train` (the run's names, config file and key=value settings), and what the benches
+and recipes share with the CLI: argparse types for whole numbers and the way a script ends on a user's error."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -46,3 +50,44 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_progress:
         values["progress"] = False
     return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad one is argparse's one-line error and exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1, e.g. "8,32"."""
+    try:
+        return [positive_int(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, got {text!r}") from None
+
+
+def run_script(main: Callable[[], None], interrupted: str | None = None) -> None:
+    """Runs a script's `main` (a bench, a recipe) the way the CLI ends: an error a user can cause (an unknown model,
+    a missing file, a setting the method refuses: `errors.user_error`) is one line on stderr, named after the script,
+    and exit status 2; any other error keeps its traceback. With `interrupted`, Ctrl-C prints that line and exits
+    130 instead of a traceback."""
+    from latentcot.errors import user_error
+
+    try:
+        main()
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print(interrupted, file=sys.stderr)
+        raise SystemExit(130) from None
