@@ -60,4 +60,4 @@ def run_main(main: Callable[[], None]) -> None:
     exit 2; Ctrl-C says how to go on (the recipes' runs resume) and exits 130."""
     from latentcot.cli.common import run_script
 
-    run_script(main, interrupted="interrupted; re-run the same command to resume")
+    run_script(main, resumable=True)

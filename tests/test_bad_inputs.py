@@ -166,6 +166,26 @@ def test_broken_pipe_is_one_line(capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and "broken pipe" in err
 
 
+def test_ctrl_c_is_one_line_and_130_in_the_cli_and_in_scripts(capsys, monkeypatch):
+    """Ctrl-C: the CLI (whose runs resume) says so in one line and returns 130; a script run through
+    `cli.common.run_script` exits 130 with one line, naming itself, and says "resume" only when asked."""
+    from latentcot.cli import ls_cmd
+    from latentcot.cli.common import run_script
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ls_cmd, "run", stop)
+    assert main(["ls", "tasks"]) == 130
+    assert capsys.readouterr().err.strip() == "latentcot ls: interrupted; re-run the same command to resume"
+    monkeypatch.setattr(sys, "argv", ["bench/some_bench.py"])
+    for resumable, line in ((False, "some_bench.py: interrupted"),
+                            (True, "some_bench.py: interrupted; re-run the same command to resume")):
+        with pytest.raises(SystemExit) as e:
+            run_script(stop, resumable=resumable)
+        assert e.value.code == 130 and capsys.readouterr().err.strip() == line
+
+
 def test_corpus_is_large_enough():
     assert len(CASES) >= 40
 

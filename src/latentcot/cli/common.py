@@ -71,23 +71,44 @@ def positive_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, got {text!r}") from None
 
 
-def run_script(main: Callable[[], None], interrupted: str | None = None) -> None:
-    """Runs a script's `main` (a bench, a recipe) the way the CLI ends: an error a user can cause (an unknown model,
-    a missing file, a setting the method refuses: `errors.user_error`) is one line on stderr, named after the script,
-    and exit status 2; any other error keeps its traceback. With `interrupted`, Ctrl-C prints that line and exits
-    130 instead of a traceback."""
+def guarded(call: Callable[[], int | None], name: str, resumable: bool = False) -> int:
+    """call() ended the way every entry point ends (the CLI's commands, the benches, the recipes); its exit status.
+
+    An error a user can cause (an unknown model, a missing file, a setting the method refuses: `errors.user_error`)
+    is one line on stderr, `NAME: error: ...`, and status 2; any other error keeps its traceback. A reader that
+    closes the output early (`latentcot ls tasks | head`) is one line and status 2; Ctrl-C one line (saying that the
+    same command resumes, when `resumable`) and status 130."""
     from latentcot.errors import user_error
 
     try:
-        main()
+        return int(call() or 0)
+    except BrokenPipeError:
+        _silence_stdout()
+        print(f"{name}: error: output closed early (broken pipe)", file=sys.stderr)
+        return 2
     except Exception as e:
         message = user_error(e)
         if message is None:
             raise
-        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"{name}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        if interrupted is None:
-            raise
-        print(interrupted, file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"{name}: interrupted" + ("; re-run the same command to resume" if resumable else ""), file=sys.stderr)
+        return 130
+
+
+def run_script(main: Callable[[], None], resumable: bool = False) -> None:
+    """Runs a script's `main` (a bench, a recipe) through `guarded`, named after the script, and exits with its
+    status."""
+    raise SystemExit(guarded(main, Path(sys.argv[0]).name, resumable))
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so the interpreter's final flush cannot raise a second BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # in-process (tests): stdout is not a real file
+        pass

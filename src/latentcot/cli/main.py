@@ -73,34 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
         for category in (DeprecationWarning, FutureWarning):
             warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|accelerate)(\.|$)")
-    from latentcot.errors import user_error
+    from latentcot.cli.common import guarded
 
-    try:
-        return int(args._module.run(args) or 0)
-    except BrokenPipeError:  # `latentcot ls tasks | head`: the reader left; say so once, print nothing more
-        _silence_stdout()
-        print(f"latentcot {args.command}: error: output closed early (broken pipe)", file=sys.stderr)
-        return 2
-    except Exception as e:
-        message = user_error(e)
-        if message is None:
-            raise
-        print(f"latentcot {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"latentcot {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-
-
-def _silence_stdout() -> None:
-    """Points stdout at /dev/null so the interpreter's final flush cannot raise a second BrokenPipeError."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # in-process (tests): stdout is not a real file
-        pass
+    return guarded(lambda: args._module.run(args), f"latentcot {args.command}", resumable=True)
 
 
 def entry() -> None:
