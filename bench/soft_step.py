@@ -14,6 +14,9 @@ made differs:
                  top-p 0.95, min-p 0.001, per-row random streams) -> embedding: the hard step a stochastic decoder
                  makes, the counterpart of the Gumbel input (the SPEC target is against the greedy hard step).
 
+Each mode's row also splits its step into the inputs (making the next input from the logits; on a CPU the ops run
+as they are called, so the split is exact) and the forward (the rest of the engine step).
+
 The modes take turns step by step, each stepping its own state, in an order shuffled anew every round (seeded), and
 their states are prefilled in that order. A fixed order biased the ratios by up to 0.02: two copies of one mode
 measured 1.15x and 1.13x against the hard step depending on their places in the turn (2026-11-30). Which other modes
@@ -111,11 +114,17 @@ OPTIONAL = ("hard sampled",)  # timed only when --modes names them
 
 
 def time_modes(
-    bb: Backbone, texts: list[str], steps: int, table: dict[str, Step], order: list[str] | None = None
+    bb: Backbone,
+    texts: list[str],
+    steps: int,
+    table: dict[str, Step],
+    order: list[str] | None = None,
+    inputs: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Seconds per mode for `steps` KV-cached steps (prefill not timed), the modes interleaved step by step
     (each mode steps its own state; the order rotates), so a change in the machine's speed hits every mode alike.
-    `order`: the modes' places in the turn and the order their states are prefilled (default: the table's)."""
+    `order`: the modes' places in the turn and the order their states are prefilled (default: the table's).
+    `inputs`: where to add the part of each mode's seconds spent making its next inputs (the rest is the forward)."""
     eng = Engine(bb)
     rows = [[tokens(bb.encode(t))] for t in texts]
     batch = splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0)
@@ -127,8 +136,12 @@ def time_modes(
             for j in range(len(names)):
                 name = names[(i + j) % len(names)]
                 t0 = time.perf_counter()
-                states[name] = eng.step(states[name], table[name](states[name]))
+                x = table[name](states[name])
+                t1 = time.perf_counter()
+                states[name] = eng.step(states[name], x)
                 spent[name] += time.perf_counter() - t0
+                if inputs is not None:
+                    inputs[name] = inputs.get(name, 0.0) + t1 - t0
     return spent
 
 
@@ -240,15 +253,21 @@ def generations(bb: Backbone, k: int, batch: int, steps: int, rounds: int) -> di
     return runs
 
 
-def report(runs: dict[str, list[float]], per: int = 1) -> None:
-    """Each arm's median time per step (ms) and the median and quartiles of its per-round ratio to the first arm."""
+def report(runs: dict[str, list[float]], per: int = 1, inputs: dict[str, list[float]] | None = None) -> None:
+    """Each arm's median time per step (ms) and the median and quartiles of its per-round ratio to the first arm;
+    with `inputs` (seconds per round spent making the inputs), the medians of that part and of the rest apart."""
     base = next(iter(runs.values()))
-    print(f"{'mode':<14} {'ms/step':>9} {'vs hard':>8} {'quartiles':>13}")
+    split = f" {'inputs us':>10} {'forward ms':>11}" if inputs else ""
+    print(f"{'mode':<14} {'ms/step':>9} {'vs hard':>8} {'quartiles':>13}{split}")
     for name, times in runs.items():
         ratios = sorted(t / h for t, h in zip(times, base))
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        if inputs:
+            made = inputs[name]
+            rest = statistics.median(t - m for t, m in zip(times, made))
+            split = f" {statistics.median(made) / per * 1e6:>10.1f} {rest / per * 1e3:>11.3f}"
         print(f"{name:<14} {statistics.median(times) / per * 1e3:>9.3f} {statistics.median(ratios):>7.3f}x "
-              f"{q[0]:>6.3f}-{q[2]:.3f}")
+              f"{q[0]:>6.3f}-{q[2]:.3f}{split}")
 
 
 def main() -> None:
@@ -280,12 +299,15 @@ def main() -> None:
     time_modes(bb, texts, 2, table)  # warm-up
     watch = preflight(args.allow_contended)
     runs: dict[str, list[float]] = {name: [] for name in table}
+    made: dict[str, list[float]] = {name: [] for name in table}
     shuffler = random.Random(0)
     for _ in range(args.repeats):
         order = list(table)
         shuffler.shuffle(order)
-        for name, t in time_modes(bb, texts, args.steps, table, order).items():
+        inputs: dict[str, float] = {}
+        for name, t in time_modes(bb, texts, args.steps, table, order, inputs).items():
             runs[name].append(t)
+            made[name].append(inputs[name])
     print(
         f"model {args.model} (V={bb.vocab_size}, d={bb.hidden_size}), batch {args.batch}, {args.steps} cached steps, "
         f"top-k {args.top_k}, {args.repeats} rounds (modes interleaved step by step, shuffled order), "
@@ -293,8 +315,9 @@ def main() -> None:
     )
     print("vs hard: the median over rounds of (this mode's time / the hard step's time in the same round), with the")
     print("quartiles of that ratio; within a round the modes take turns step by step, so the machine's drift (which")
-    print("moves single timings by +-20% on this machine) hits them alike; 'hard (again)' is the control")
-    report(runs, args.steps)
+    print("moves single timings by +-20% on this machine) hits them alike; 'hard (again)' is the control;")
+    print("inputs / forward: the step's time making the next inputs from the logits, and the rest (the engine step)")
+    report(runs, args.steps, made)
     if args.generate:
         print(f"\nwhole generations (the methods' generate, as `latentcot eval` runs them), {args.steps} steps, "
               f"{args.repeats} rounds:")
