@@ -18,23 +18,27 @@ import json
 import time
 from pathlib import Path
 
-from latentcot.demo import Arm, DemoSettings, arms, run_arm
+from latentcot.cli.common import nonnegative_int, positive_int, run_script
+from latentcot.demo import Arm, DemoSettings, arms, check_arms, run_arm
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the demo's --quick settings (2 hops)")
     p.add_argument("--lr", type=float, default=3e-4, help="codi's learning rate")
-    p.add_argument("--steps", type=int, default=600, help="codi's optimizer steps")
-    p.add_argument("--eval-every", type=int, default=300, help="held-out evaluation cadence (0 = only at the end)")
+    p.add_argument("--steps", type=positive_int, default=600, help="codi's optimizer steps")
+    p.add_argument("--eval-every", type=nonnegative_int, default=300,
+                   help="held-out evaluation cadence (0 = only at the end)")
     p.add_argument("--out", default="runs/codi-pointer-chase")
     a = p.parse_args()
     s = DemoSettings.quick() if a.quick else dataclasses.replace(DemoSettings(), eval_questions=200)
     task, out, started = "pointer_chase", Path(a.out), time.time()
     sft = next(arm for arm in arms(s, task) if arm.method == "cot_sft")
-    cot = run_arm(s, task, sft, out, progress=False)
     extra = {"eval_every": a.eval_every, "eval_limit": 200} if a.eval_every else {}
-    codi = run_arm(s, task, Arm("codi", {"num_thoughts": s.k, **extra}, a.steps, "cot_sft", a.lr), out, progress=False)
+    codi_arm = Arm("codi", {"num_thoughts": s.k, **extra}, a.steps, "cot_sft", a.lr)
+    check_arms(s, task, [sft, codi_arm], out)  # a bad --lr ends here, before cot_sft trains
+    cot = run_arm(s, task, sft, out, progress=False)
+    codi = run_arm(s, task, codi_arm, out, progress=False)
     log = out / task / "codi" / "train_log.jsonl"
     for line in log.read_text().splitlines():
         row = json.loads(line)
@@ -45,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, resumable=True)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from latentcot.demo import DemoSettings, arms, run_arm
+from latentcot.cli.common import nonnegative_int, positive_int, run_script
+from latentcot.demo import DemoSettings, arms, check_arms, run_arm
 
 PROTOTYPE_OPTIM = {"weight_decay": 0.01, "adam_beta2": 0.98, "schedule": "cosine"}
 
@@ -59,25 +60,25 @@ def norms(run: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--format", default="pair", choices=["sep", "digits", "pair", "dup", "ptr"], help="pointer_chase2 step format")
-    p.add_argument("--sft-steps", type=int, default=600)
+    p.add_argument("--sft-steps", type=positive_int, default=600)
     p.add_argument("--sft-lr", type=float, default=2e-3)
-    p.add_argument("--stage-steps", type=int, default=300)
+    p.add_argument("--stage-steps", type=positive_int, default=300)
     p.add_argument("--stage-lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=30, help="warmup steps (of the run, or of each stage)")
+    p.add_argument("--warmup", type=nonnegative_int, default=30, help="warmup steps (of the run, or of each stage)")
     p.add_argument("--plain", action="store_true", help="the demo's former optimizer: constant lr, AdamW defaults, "
                    "no warmup, one schedule over the whole curriculum")
-    p.add_argument("--max-stage", type=int, default=4, help="curriculum stages (4 = one per hop)")
-    p.add_argument("--start-stage", type=int, default=1, help="first curriculum stage trained (0 = the full CoT with "
+    p.add_argument("--max-stage", type=positive_int, default=4, help="curriculum stages (4 = one per hop)")
+    p.add_argument("--start-stage", type=nonnegative_int, default=1, help="first curriculum stage trained (0 = the full CoT with "
                    "the <bot><eot> markers first, as the official stage 0)")
     p.add_argument("--no-final-stage", action="store_true", help="the last stage runs to the end of --coconut-steps")
-    p.add_argument("--coconut-steps", type=int, help="coconut/pause steps in all (default stage steps x max stage)")
+    p.add_argument("--coconut-steps", type=positive_int, help="coconut/pause steps in all (default stage steps x max stage)")
     p.add_argument("--thought-norm", default="none", choices=["none", "embedding"],
                    help="coconut's and codi's thought_norm (embedding: thoughts rescaled to the embedding-row norm)")
-    p.add_argument("--thought-stride", type=int, default=1, help="coconut's thought_stride (position ids per "
+    p.add_argument("--thought-stride", type=positive_int, default=1, help="coconut's thought_stride (position ids per "
                    "thought; 2: thought j on the position of step j's first token; not in the paper)")
     p.add_argument("--methods", default="cot_sft,coconut", help="arms to run, in order (cot_sft first)")
-    p.add_argument("--eval-questions", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-questions", type=positive_int, default=500)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", default="runs/demo-study")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -108,7 +109,12 @@ def main() -> None:
     if a.thought_norm != "none":
         for name in ("coconut", "codi"):
             by_name[name].settings = {**by_name[name].settings, "thought_norm": a.thought_norm}
-    for name in a.methods.split(","):
+    chosen = a.methods.split(",")
+    unknown = [name for name in chosen if name not in by_name]
+    if unknown:
+        p.error(f"--methods: unknown arm(s) {unknown}; arms: {list(by_name)}")
+    check_arms(s, "pointer_chase2", [by_name[name] for name in chosen], out)  # before the first arm trains
+    for name in chosen:
         c0, t0 = cpu_seconds(), time.time()
         row = run_arm(s, "pointer_chase2", by_name[name], out, progress=False)
         losses = []
@@ -127,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, resumable=True)

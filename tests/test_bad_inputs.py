@@ -225,3 +225,23 @@ def test_a_bench_asked_for_vllm_without_it_is_one_line_exit_2(argv):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "vllm" in lines[0].lower() and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["recipes/codi_pointer_chase.py", "--quick", "--lr", "-1"], "pointer_chase/codi: lr: must be > 0, got -1.0"),
+    (["recipes/codi_pointer_chase.py", "--eval-every", "-3"], "argument --eval-every: expected a whole number >= 0"),
+    (["recipes/demo_study.py", "--stage-lr", "0"], "pointer_chase2/coconut: lr: must be > 0, got 0.0"),
+    (["recipes/demo_study.py", "--methods", "cot_sft,bogus"], "--methods: unknown arm(s) ['bogus']"),
+])
+def test_the_demo_recipes_check_every_arm_before_the_first_trains(argv, says, tmp_path):
+    """The CODI and demo-study recipes: a bad setting for a later arm is one line and exit 2 before the start model
+    trains, and nothing is written."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, *argv, "--out", str(out)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{Path(argv[0]).name}: error: ") and says in last, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from latentcot import atomic
-from latentcot.errors import CheckpointError
+from latentcot.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +234,10 @@ def fresh_run(run_dir: Path, key: dict[str, Any], label: str) -> None:
     atomic.write_text(path, json.dumps(key, indent=1, sort_keys=True))
 
 
-def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool) -> dict[str, Any]:
-    """Trains (or reuses) and evaluates one arm; returns its row of the results table."""
-    from latentcot.pipeline import build, evaluate_run, resolve, train_run
-    from latentcot.training.checkpoint import load_weights
-
-    run_dir = out / task_name / arm.method
+def arm_values(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool) -> dict[str, Any]:
+    """The settings one arm's run resolves (`pipeline.resolve`)."""
     values = {
-        "method": arm.method, "model": s.model(task_name), "task": task_name, "out": str(run_dir),
+        "method": arm.method, "model": s.model(task_name), "task": task_name, "out": str(out / task_name / arm.method),
         "k": s.k, "num_nodes": s.num_nodes, "num_train": s.num_train, "num_test": s.eval_questions,
         "limit": s.eval_questions, "batch_size": 100, "max_new_tokens": 4 * s.k + 8, "progress": progress,
         "run.seed": s.seed, "device": "cpu", **s.task_settings.get(task_name, {}), **arm.settings,
@@ -249,7 +245,28 @@ def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool
     if arm.steps:
         values.update({"max_steps": arm.steps, "train_batch_size": s.batch, "lr": arm_lr(s, arm), "log_every": 5,
                        "save_every": 200, **s.optim})
-    res = resolve(values)
+    return values
+
+
+def check_arms(s: DemoSettings, task_name: str, chosen: list[Arm], out: Path) -> None:
+    """Resolves (and so checks) every arm's settings before the first one trains: a setting a method refuses is a
+    ConfigError before anything is trained or written, not after the arms before it."""
+    from latentcot.pipeline import resolve
+
+    for arm in chosen:
+        try:
+            resolve(arm_values(s, task_name, arm, out, progress=False))
+        except ConfigError as e:
+            raise ConfigError(f"{task_name}/{arm.method}: {e}") from None
+
+
+def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool) -> dict[str, Any]:
+    """Trains (or reuses) and evaluates one arm; returns its row of the results table."""
+    from latentcot.pipeline import build, evaluate_run, resolve, train_run
+    from latentcot.training.checkpoint import load_weights
+
+    run_dir = out / task_name / arm.method
+    res = resolve(arm_values(s, task_name, arm, out, progress))
     fresh_run(run_dir, arm_key(s, task_name, arm, out), f"{task_name}/{arm.method}")
     torch.manual_seed(s.seed)
     method, task = build(res)

@@ -52,15 +52,25 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a bad one is argparse's one-line error and exit 2)."""
+def _whole_number(text: str, least: int) -> int:
+    """`text` as an integer >= least, or argparse's one-line error (exit 2)."""
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
+    if n < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {n}")
     return n
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad one is argparse's one-line error and exit 2)."""
+    return _whole_number(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _whole_number(text, 0)
 
 
 def positive_ints(text: str) -> list[int]:
