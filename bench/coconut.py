@@ -8,9 +8,10 @@ What a user runs: the demo's coconut arm (`latentcot demo`, default task pointer
 its evaluation ran it. When DEMO_DIR/TASK/coconut holds a finished run, the bench rebuilds method, model, task and
 generation settings from that run's own config.yaml (the file `latentcot eval` wrote) and loads its trained
 weights; otherwise it uses the demo's settings (DemoSettings) with untrained weights, or trains the arm first with
---train (the demo's own code: cot_sft then coconut, ~15 minutes of CPU on pointer_chase2). The batch size is the
-run's own (the demo evaluates 100 questions per batch) unless --batch is given. Both generators decode greedily to
-EOS or the run's max_new_tokens, and the bench checks that they produce the same tokens.
+--train (the demo's own code: cot_sft then coconut, ~15 minutes of CPU on pointer_chase2). A --demo-dir that does
+not exist is an error (a mistyped folder would otherwise measure untrained weights), unless --train makes it. The
+batch size is the run's own (the demo evaluates 100 questions per batch) unless --batch is given. Both generators
+decode greedily to EOS or the run's max_new_tokens, and the bench checks that they produce the same tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from machine import preflight, verdict
 
-from latentcot.cli.common import positive_int, run_script
+from latentcot.cli.common import nonnegative_int, positive_int, run_script
 from latentcot.decoding.sampling import GenerationConfig
 from latentcot.tasks import get_task
 from latentcot.training.checkpoint import load_weights
@@ -153,15 +154,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--questions", type=positive_int, default=200)
     p.add_argument("--baseline-questions", type=positive_int, default=32, help="questions timed for the slow baseline")
-    p.add_argument("--batch", type=int, default=0, help="batch size of the engine (0 = the run's own batch_size)")
+    p.add_argument("--batch", type=nonnegative_int, default=0,
+                   help="batch size of the engine (0 = the run's own batch_size)")
     p.add_argument("--task", default="pointer_chase2", help="the demo task whose coconut arm is measured")
     p.add_argument("--repeats", type=positive_int, default=2, help="timings are the best of this many runs")
-    p.add_argument("--demo-dir", default="runs/demo")
+    p.add_argument("--demo-dir", help="the demo's output folder (default runs/demo; when named, it must exist unless "
+                   "--train makes it)")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--train", action="store_true",
                    help="train the demo's cot_sft and coconut arms of --task into --demo-dir when they are missing")
     p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = p.parse_args()
+    if args.demo_dir is not None and not args.train and not Path(args.demo_dir).is_dir():
+        p.error(f"--demo-dir {args.demo_dir}: no such folder (run `latentcot demo --out {args.demo_dir}` first, or "
+                "add --train)")
+    args.demo_dir = args.demo_dir or "runs/demo"
     torch.set_num_threads(args.threads)
     trained = Path(args.demo_dir) / args.task / "coconut" / "trainable.safetensors"
     if args.train and not trained.is_file():

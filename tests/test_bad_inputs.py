@@ -192,10 +192,11 @@ def test_corpus_is_large_enough():
 
 @pytest.mark.parametrize("argv, says", [
     (["bench/soft_step.py", "--model", "no-such-model"], "unknown model 'no-such-model'"),
-    (["bench/rl.py", "--model", "no/such/dir"], "model 'no/such/dir'"),
+    (["bench/rl.py", "--model", "no/such/dir", "--allow-contended"], "model 'no/such/dir'"),  # (checks load first)
     (["bench/throughput.py", "--batch-sizes", "8,x"], "argument --batch-sizes: expected whole numbers >= 1"),
     (["bench/soft_step.py", "--batch", "0"], "argument --batch: expected a whole number >= 1, got 0"),
     (["bench/decode.py", "--shape", "64,2"], "argument --shape: expected three numbers"),
+    (["bench/coconut.py", "--demo-dir", "no/such/dir"], "--demo-dir no/such/dir: no such folder"),
 ])
 def test_a_bench_given_a_bad_setting_says_so_in_one_line_exit_2(argv, says):
     """A bench's bad input (an unknown model, a bad number) is one error line and exit 2, as in the CLI (argparse
