@@ -68,10 +68,11 @@ def main() -> None:
     p.add_argument("--plain", action="store_true", help="the demo's former optimizer: constant lr, AdamW defaults, "
                    "no warmup, one schedule over the whole curriculum")
     p.add_argument("--max-stage", type=positive_int, default=4, help="curriculum stages (4 = one per hop)")
-    p.add_argument("--start-stage", type=nonnegative_int, default=1, help="first curriculum stage trained (0 = the full CoT with "
-                   "the <bot><eot> markers first, as the official stage 0)")
+    p.add_argument("--start-stage", type=nonnegative_int, default=1, help="first curriculum stage trained (0 = the "
+                   "full CoT with the <bot><eot> markers first, as the official stage 0)")
     p.add_argument("--no-final-stage", action="store_true", help="the last stage runs to the end of --coconut-steps")
-    p.add_argument("--coconut-steps", type=positive_int, help="coconut/pause steps in all (default stage steps x max stage)")
+    p.add_argument("--coconut-steps", type=positive_int,
+                   help="coconut/pause steps in all (default stage steps x max stage)")
     p.add_argument("--thought-norm", default="none", choices=["none", "embedding"],
                    help="coconut's and codi's thought_norm (embedding: thoughts rescaled to the embedding-row norm)")
     p.add_argument("--thought-stride", type=positive_int, default=1, help="coconut's thought_stride (position ids per "
