@@ -145,6 +145,7 @@ def main() -> None:
     p.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     a = p.parse_args()
     torch.set_num_threads(1)
+    load_model(a.model)  # a bad --model is one line before the machine check, as in every bench
     watch = preflight(a.allow_contended)
     load = os.getloadavg()
     res = {"model": a.model, "batch": a.prompts * a.group, "cot": a.cot, "answer": a.answer,

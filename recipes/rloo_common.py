@@ -1,7 +1,7 @@
 """What the RLOO recipes share (`rloo_pointer_chase.py`, `rloo_smollm2.py`, `rloo_paired_base.py`, `rloo_eval.py`,
 `rloo_grad_diag.py`, `rloo_cot_vs_answer.py`; run as scripts, which puts this folder on the import path): a training
-run that is resumed or reused, the MODE=VALUE / KEY=VALUE options, the quarters of a run's steps, every run's
-settings checked before the first starts, and how a recipe ends on an error a user can cause."""
+run that is resumed or reused, the MODE=VALUE / KEY=VALUE options, the quarters of a run's steps, and how a recipe
+ends on an error a user can cause. (A recipe checks all its runs' settings up front with `pipeline.check_runs`.)"""
 
 from __future__ import annotations
 
@@ -44,15 +44,6 @@ def quarters(rows: list) -> list[list]:
     rows give fewer parts (every part non-empty)."""
     q = max(1, len(rows) // 4)
     return [part for part in (rows[:q], rows[q:2 * q], rows[2 * q:3 * q], rows[3 * q:]) if part]
-
-
-def check_settings(runs: list[dict]) -> None:
-    """Resolves (and so checks) every run's settings before the first one starts: a setting the method refuses ends
-    the recipe (through `run_main`) before anything is trained or written, not after the runs before it."""
-    from latentcot.pipeline import resolve
-
-    for values in runs:
-        resolve({**values, "progress": False})
 
 
 def run_main(main: Callable[[], None]) -> None:

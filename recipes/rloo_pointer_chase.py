@@ -22,7 +22,7 @@ import resource
 import time
 from pathlib import Path
 
-from rloo_common import check_settings, key_values, run_main, train
+from rloo_common import key_values, run_main, train
 
 MODEL = "scratch-gpt2:pointer_chase"
 
@@ -105,7 +105,10 @@ def main() -> None:
                 "eval_every": a.eval_every, "eval_limit": a.eval_limit, "max_new_tokens": 2, "batch_size": 100,
                 "log_every": 1, "save_every": 20, "run.seed": seed, **extra}
 
-    check_settings([sft] + [rloo_values(mode, seed) for mode in a.modes for seed in a.seeds])
+    from latentcot.pipeline import check_runs
+
+    check_runs({"sft": sft} | {f"rloo-{mode}-s{seed}": rloo_values(mode, seed)
+                                for mode in a.modes for seed in a.seeds})
     train(sft, out / "sft")
     runs: dict[str, list[Path]] = {}
     rows = []

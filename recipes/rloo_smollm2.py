@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from rloo_common import check_settings, key_values, quarters, run_main, train
+from rloo_common import key_values, quarters, run_main, train
 
 SETTING = Path(__file__).with_name("rloo_smollm2_word_arith.yaml")  # the task, the prompt, the CoT budget
 
@@ -108,7 +108,9 @@ def main() -> None:
         return {**base, "run.seed": seed, "rollout_mode": mode, "lr": mode_lr.get(mode, a.lr),
                 "train.max_steps": mode_steps.get(mode, a.steps)}
 
-    check_settings([values(mode, seed) for mode in a.modes for seed in seeds[mode]])
+    from latentcot.pipeline import check_runs
+
+    check_runs({f"rloo-{mode}-s{seed}": values(mode, seed) for mode in a.modes for seed in seeds[mode]})
     for mode in a.modes:
         for seed in seeds[mode]:
             run = out / f"rloo-{mode}-s{seed}"

@@ -192,7 +192,7 @@ def test_corpus_is_large_enough():
 
 @pytest.mark.parametrize("argv, says", [
     (["bench/soft_step.py", "--model", "no-such-model"], "unknown model 'no-such-model'"),
-    (["bench/rl.py", "--model", "no/such/dir", "--allow-contended"], "model 'no/such/dir'"),  # (checks load first)
+    (["bench/rl.py", "--model", "no/such/dir"], "model 'no/such/dir'"),
     (["bench/throughput.py", "--batch-sizes", "8,x"], "argument --batch-sizes: expected whole numbers >= 1"),
     (["bench/soft_step.py", "--batch", "0"], "argument --batch: expected a whole number >= 1, got 0"),
     (["bench/decode.py", "--shape", "64,2"], "argument --shape: expected three numbers"),

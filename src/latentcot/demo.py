@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from latentcot import atomic
-from latentcot.errors import CheckpointError, ConfigError
+from latentcot.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -249,15 +249,10 @@ def arm_values(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: b
 
 
 def check_arms(s: DemoSettings, task_name: str, chosen: list[Arm], out: Path) -> None:
-    """Resolves (and so checks) every arm's settings before the first one trains: a setting a method refuses is a
-    ConfigError before anything is trained or written, not after the arms before it."""
-    from latentcot.pipeline import resolve
+    """Checks every chosen arm's settings before the first one trains (`pipeline.check_runs`, naming the arm)."""
+    from latentcot.pipeline import check_runs
 
-    for arm in chosen:
-        try:
-            resolve(arm_values(s, task_name, arm, out, progress=False))
-        except ConfigError as e:
-            raise ConfigError(f"{task_name}/{arm.method}: {e}") from None
+    check_runs({f"{task_name}/{arm.method}": arm_values(s, task_name, arm, out, progress=False) for arm in chosen})
 
 
 def run_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool) -> dict[str, Any]:

@@ -187,6 +187,17 @@ def resolve(values: dict[str, Any], config_file: str | None = None, smoke: bool 
     return res
 
 
+def check_runs(runs: dict[str, dict[str, Any]]) -> None:
+    """Resolves (and so checks) the settings of several runs, by name, before the first one starts, as a recipe or the
+    demo does: a setting a method refuses is a ConfigError naming its run before anything is trained or written, not
+    after the runs before it."""
+    for name, values in runs.items():
+        try:
+            resolve({**values, "progress": False})
+        except ConfigError as e:
+            raise ConfigError(f"{name}: {e}") from None
+
+
 def _pick(layers: list[dict[str, Any]], key: str, default: str) -> str:
     """The last layer's value of run field `key`, written flat or dotted."""
     found = default
