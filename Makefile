@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/softcot.py
 	$(PY) bench/throughput.py
 	$(PY) bench/streams.py
+	$(PY) bench/prepack.py
 	$(PY) bench/profile_step.py
 
 clean:

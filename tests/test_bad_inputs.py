@@ -197,6 +197,7 @@ def test_corpus_is_large_enough():
     (["bench/soft_step.py", "--batch", "0"], "argument --batch: expected a whole number >= 1, got 0"),
     (["bench/decode.py", "--shape", "64,2"], "argument --shape: expected three numbers"),
     (["bench/coconut.py", "--demo-dir", "no/such/dir"], "--demo-dir no/such/dir: no such folder"),
+    (["bench/prepack.py", "--rows", "8,0"], "argument --rows: expected whole numbers >= 1"),
 ])
 def test_a_bench_given_a_bad_setting_says_so_in_one_line_exit_2(argv, says):
     """A bench's bad input (an unknown model, a bad number) is one error line and exit 2, as in the CLI (argparse

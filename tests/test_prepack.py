@@ -73,6 +73,88 @@ def test_small_layers_stay_plain():
     assert type(model[0]) is nn.Linear and type(model[1]) is PackedLinear
 
 
+def test_small_layer_is_packed_only_for_a_call_with_enough_work(monkeypatch):
+    """A layer below PACK_MIN keeps the plain product (bitwise, nothing packed) for a few rows and is packed for a
+    call of rows x entries >= PACK_WORK (a prefill); below PACK_FLOOR it is never converted."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(64, 128), nn.Linear(16, 8))
+    assert prepare(model) == 1 and type(model[0]) is PackedLinear and type(model[1]) is nn.Linear
+    lin = model[0]
+    few = torch.randn(2, 3, 64)
+    rows = prepack.PACK_WORK // lin.weight.numel()  # the fewest rows that reach PACK_WORK
+    many = torch.randn(rows, 64)
+    with torch.no_grad(), prepacked():
+        assert torch.equal(lin(few), F.linear(few, lin.weight, lin.bias))
+        assert "_packed" not in lin.__dict__
+        assert torch.equal(lin(many[:-1]), F.linear(many[:-1], lin.weight, lin.bias))  # one row short
+        assert "_packed" not in lin.__dict__
+        y = lin(many)
+        assert "_packed" in lin.__dict__
+    torch.testing.assert_close(y, F.linear(many, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_conv1d_is_gpt2s_conv1d_inside_and_hf_outside():
+    """GPT-2's Conv1D (weight stored in x out) through the packed product: equal to HF's addmm up to summation
+    order inside the context, HF's own forward bitwise outside it and with gradients; unpack restores it."""
+    from transformers.pytorch_utils import Conv1D
+
+    from latentcot.decoding.prepack import PackedConv1D
+
+    torch.manual_seed(4)
+    conv = Conv1D(96, 80)  # nf=96 outputs, nx=80 inputs
+    nn.init.normal_(conv.bias)
+    x = torch.randn(4, 7, 80)
+    ref = conv(x)
+    keys = list(conv.state_dict())
+    assert prepare(conv, min_size=0) == 1 and type(conv) is PackedConv1D
+    assert list(conv.state_dict()) == keys
+    with torch.no_grad():
+        assert torch.equal(conv(x), ref)
+        with prepacked():
+            y = conv(x)
+            assert "_packed" in conv.__dict__
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    formula = x.double() @ conv.weight.double() + conv.bias.double()
+    torch.testing.assert_close(y.double(), formula, atol=1e-5, rtol=1e-5)
+    with prepacked():
+        z = conv(x)
+    assert torch.equal(z, ref) and z.requires_grad
+    unpack(conv)
+    assert type(conv) is Conv1D and "_packed" not in conv.__dict__
+
+
+def test_gpt2_mlp_product_and_gelu_in_one_call_equal_hf():
+    """GPT-2's MLP with c_fc and its gelu_new fused in one oneDNN call: equal to HF's MLP computed in float64 (the
+    formula) to float rounding for a call with enough work; a small call and any call outside the context take
+    HF's path, the latter bitwise."""
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+
+    torch.manual_seed(5)
+    mlp = GPT2MLP(512, GPT2Config(n_embd=128, activation_function="gelu_new")).eval()
+    for conv in (mlp.c_fc, mlp.c_proj):
+        nn.init.normal_(conv.bias, std=0.1)
+    x = torch.randn(100, 16, 128)
+    with torch.no_grad():
+        hf = mlp(x)
+        d = {k: v.double() for k, v in mlp.state_dict().items()}
+        h = x.double() @ d["c_fc.weight"] + d["c_fc.bias"]
+        h = 0.5 * h * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (h + 0.044715 * h**3)))
+        formula = (h @ d["c_proj.weight"] + d["c_proj.bias"]).float()
+    assert prepare(mlp) == 2 and type(mlp).__name__ == "PackedGPT2MLP"
+    with torch.no_grad():
+        assert torch.equal(mlp(x), hf)  # outside the context
+        with prepacked():
+            fused = mlp(x)
+            assert "_packed" in mlp.c_fc.__dict__
+            small = mlp(x[:1, :2])
+    torch.testing.assert_close(fused, formula, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hf, formula, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(small, formula[:1, :2], atol=1e-5, rtol=1e-5)
+    unpack(mlp)
+    assert type(mlp) is GPT2MLP
+
+
 def test_packed_copy_follows_in_place_weight_updates():
     torch.manual_seed(1)
     lin = nn.Linear(64, 48, bias=False)

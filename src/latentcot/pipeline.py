@@ -58,9 +58,10 @@ class RunConfig:
         there a step costs about in proportion to its rows (a full batch saves no time) and a refilled row is
         padded to the oldest row's width (more attention): static batches were faster in `bench/throughput.py`.
         true with a method that cannot refill is an error.
-    cpu_prepack: on CPU, the decode engine multiplies with oneDNN-packed copies of the model's large linear
-        weights (faster; values differ from plain `F.linear` in the last bits, ~1e-5 in logits; costs one more copy
-        of those weights in memory). false: plain `F.linear`, bitwise as HF `generate()` computes.
+    cpu_prepack: on CPU, the decode engine multiplies with oneDNN-packed copies of the model's linear weights
+        where the call is large enough (`decoding.prepack`; faster; values differ from plain `F.linear` in the last
+        bits, ~1e-5 in logits; costs one more copy of those weights in memory). false: plain `F.linear`, bitwise as
+        HF `generate()` computes.
     """
 
     method: str = "cot"

@@ -114,7 +114,7 @@ class Engine:
     def __init__(self, backbone: Backbone) -> None:
         self.bb = backbone
         self._split = True  # prefill in length groups on CPU (`prefill`); False: one padded forward
-        self._packed_model: object | None = None  # the model whose large linear layers `prepack.prepare` converted
+        self._packed_model: object | None = None  # the model whose linear layers `prepack.prepare` converted
 
     # --- low-level steps ---------------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -6,10 +6,14 @@ blocked layout, once, and then multiply B-row inputs against it faster (README "
 `python bench/profile_step.py` and `--no-prepack`). vLLM's CPU backend also multiplies its unquantized linear
 layers with oneDNN-prepacked weights.
 
-`prepacked()` is a context the engine holds around its model calls (`Engine._forward`): inside it, every
-large enough `nn.Linear` of the model (weight >= `PACK_MIN` entries; small layers gain nothing) multiplies with a
-packed copy of its weight when the call is on CPU, in float32 and without gradients. Everything else (training,
-gradients, GPUs, other dtypes, calls outside the engine) runs the plain `F.linear`, bitwise as before.
+`prepacked()` is a context the engine holds around its model calls (`Engine._forward`): inside it, the model's
+`nn.Linear` layers and GPT-2's `Conv1D` layers (the same product with the weight stored transposed) multiply with
+a packed copy of their weight when the call is on CPU, in float32, without gradients, and large enough: a weight of
+at least `PACK_MIN` entries always, a smaller one (down to `PACK_FLOOR`) when the call's rows x the weight's
+entries reach `PACK_WORK` multiply-adds. oneDNN's call has a fixed cost of 15-30 us, so a small layer multiplying
+a few rows is faster unpacked, while the same layer in a prefill of a thousand rows is ~2x faster packed
+(`python bench/prepack.py`; README, "Session 36"). Everything else (training, gradients, GPUs, other dtypes,
+calls outside the engine) runs the plain product, bitwise as before.
 
 Exactness: the packed product sums in another order than `F.linear`, so its values differ in the last bits (~1e-5
 in smollm2's logits, like vLLM's own); greedy tokens stayed identical on every benchmark (`bench/throughput.py`
@@ -35,8 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import NewGELUActivation
+from transformers.pytorch_utils import Conv1D
 
-PACK_MIN = 1 << 18  # weights with fewer entries keep F.linear (a 512 x 512 layer and up is packed)
+PACK_MIN = 1 << 18  # weights with at least this many entries are packed in every call (512 x 512 and up)
+PACK_WORK = 1 << 21  # a smaller weight is packed for a call of at least this many multiply-adds (rows x entries)
+PACK_FLOOR = 1 << 12  # weights with fewer entries are never packed (64 x 64 and up can be)
 PACK_ROWS = 32  # the batch size oneDNN lays the packed weight out for (any batch size works with it)
 
 _state = threading.local()
@@ -57,22 +64,59 @@ def _active() -> bool:
     return getattr(_state, "on", False)
 
 
+def _packable(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether a call may use the packed weight: inside `prepacked`, no gradients, CPU, float32."""
+    return (_active() and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+            and w.dtype == torch.float32)
+
+
+def packs(rows: int, entries: int, always: bool = False) -> bool:
+    """Whether a converted layer of `entries` weight entries multiplies `rows` rows packed: `always` (a layer of
+    `PACK_MIN` entries and up, as `prepare` marks it) or a call of at least `PACK_WORK` multiply-adds."""
+    return always or rows * entries >= PACK_WORK
+
+
+def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                    transposed: bool, gelu: bool = False) -> torch.Tensor | None:
+    """x @ W^T + bias with m's packed copy of W (`w` is W, or W^T when `transposed`), made at the first call and
+    again when the weight changes; None when this call is too small to gain (see the module docstring).
+    `gelu`: the tanh-approximate GELU of the product, applied by oneDNN as the product is written."""
+    if not packs(x.numel() // max(1, x.shape[-1]), w.numel(), m.__dict__.get("_always", False)):
+        return None
+    key = (w.data_ptr(), w._version)
+    packed = m.__dict__.get("_packed")
+    if packed is None or packed[0] != key:
+        weight = w.detach().t().contiguous() if transposed else w.detach()
+        packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS))
+        m.__dict__["_packed"] = packed  # not a parameter or buffer: never saved, never moved
+    if gelu:
+        return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "gelu", [], "tanh")
+    return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "none", [], "")
+
+
 class PackedLinear(nn.Linear):
     """An `nn.Linear` that multiplies with a oneDNN-packed copy of its weight inside `prepacked` (CPU, float32, no
-    gradients), and is a plain `nn.Linear` everywhere else. Made by changing a module's class in place
-    (`prepare`): same parameters, same state dict."""
+    gradients, a large enough call), and is a plain `nn.Linear` everywhere else. Made by changing a module's class
+    in place (`prepare`): same parameters, same state dict."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if not _active() or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 \
-                or w.dtype != torch.float32:
-            return F.linear(x, w, self.bias)
-        key = (w.data_ptr(), w._version)
-        packed = self.__dict__.get("_packed")
-        if packed is None or packed[0] != key:
-            packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS))
-            self.__dict__["_packed"] = packed  # not a parameter or buffer: never saved, never moved
-        return torch.ops.mkldnn._linear_pointwise(x, packed[1], self.bias, "none", [], "")
+        y = _packed_product(self, x, w, self.bias, False) if _packable(x, w) else None
+        return F.linear(x, w, self.bias) if y is None else y
+
+
+class PackedConv1D(Conv1D):
+    """GPT-2's `Conv1D` (x @ W + b, W stored as in x out) as `PackedLinear` does it: packed inside `prepacked` for
+    a large enough call, HF's own forward everywhere else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        y = _packed_product(self, x, w, self.bias, True) if _packable(x, w) else None
+        return super().forward(x) if y is None else y
+
+
+_PACKED = {nn.Linear: PackedLinear, Conv1D: PackedConv1D}
+_PLAIN = {v: k for k, v in _PACKED.items()}
 
 
 class FusedTanhGELU(NewGELUActivation):
@@ -87,24 +131,53 @@ class FusedTanhGELU(NewGELUActivation):
         return super().forward(x)
 
 
+@functools.cache
+def _packed_gpt2_mlp() -> tuple[type, type]:
+    """(HF's GPT2MLP, PackedGPT2MLP), made at the first `prepare` (importing GPT-2's modeling costs ~0.3 s, so the
+    engine's import does not)."""
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+
+    class PackedGPT2MLP(GPT2MLP):
+        """GPT-2's MLP with its first product and its GELU in one oneDNN call (the GELU applied as the product is
+        written: one pass over the (rows, 4d) activations fewer), where its `c_fc` would be packed and its
+        activation is `FusedTanhGELU`; HF's own forward everywhere else."""
+
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            fc = self.c_fc
+            if type(self.act) is FusedTanhGELU and type(fc) is PackedConv1D and _packable(hidden_states, fc.weight):
+                h = _packed_product(fc, hidden_states, fc.weight, fc.bias, True, gelu=True)
+                if h is not None:
+                    return self.dropout(self.c_proj(h))
+            return super().forward(hidden_states)
+
+    return GPT2MLP, PackedGPT2MLP
+
+
 def prepare(model: nn.Module, min_size: int | None = None) -> int:
-    """Turns the model's plain `nn.Linear`s of at least `min_size` (default `PACK_MIN`) weight entries into
-    `PackedLinear`s, and its `gelu_new` activations into `FusedTanhGELU`s (in place, idempotent). Returns how many
-    linear layers are packed."""
+    """Turns the model's plain `nn.Linear` and `Conv1D` layers of at least `PACK_FLOOR` weight entries into
+    `PackedLinear` / `PackedConv1D` (those of at least `min_size` entries, default `PACK_MIN`, packed in every call;
+    the others when a call is large enough), and its `gelu_new` activations into `FusedTanhGELU`s, and GPT-2's MLPs
+    into ones that apply that GELU inside their first packed product (in place, idempotent; a converted layer
+    takes the current `min_size`). Returns how many layers are converted."""
     min_size = PACK_MIN if min_size is None else min_size
+    mlp, packed_mlp = _packed_gpt2_mlp()
     n = 0
     for m in model.modules():
-        if type(m) is nn.Linear and m.weight.numel() >= min_size:
-            m.__class__ = PackedLinear
+        if type(m) in _PACKED and m.weight.numel() >= min(min_size, PACK_FLOOR):
+            m.__class__ = _PACKED[type(m)]
         elif type(m) is NewGELUActivation:
             m.__class__ = FusedTanhGELU
-        n += type(m) is PackedLinear
+        elif type(m) is mlp:
+            m.__class__ = packed_mlp
+        if type(m) in _PLAIN:
+            m.__dict__["_always"] = m.weight.numel() >= min_size
+            n += 1
     return n
 
 
 @contextlib.contextmanager
 def prepacked(on: bool = True) -> Iterator[None]:
-    """Within this context (on this thread), `PackedLinear` layers use their packed weights."""
+    """Within this context (on this thread), `PackedLinear` / `PackedConv1D` layers use their packed weights."""
     before = _active()
     _state.on = on
     try:
@@ -114,11 +187,15 @@ def prepacked(on: bool = True) -> Iterator[None]:
 
 
 def unpack(model: nn.Module) -> None:
-    """Drops the packed copies (memory) and turns `PackedLinear`s back into plain `nn.Linear`s (and
-    `FusedTanhGELU`s back into HF's `NewGELUActivation`)."""
+    """Drops the packed copies (memory) and turns `PackedLinear` / `PackedConv1D` layers back into plain `nn.Linear`
+    / `Conv1D` (and `FusedTanhGELU`s back into HF's `NewGELUActivation`)."""
+    mlp, packed_mlp = _packed_gpt2_mlp()
     for m in model.modules():
-        if type(m) is PackedLinear:
+        if type(m) in _PLAIN:
             m.__dict__.pop("_packed", None)
-            m.__class__ = nn.Linear
+            m.__dict__.pop("_always", None)
+            m.__class__ = _PLAIN[type(m)]
         elif type(m) is FusedTanhGELU:
             m.__class__ = NewGELUActivation
+        elif type(m) is packed_mlp:
+            m.__class__ = mlp
