@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 from machine import preflight, verdict
+from torch import nn
 
 from latentcot.cli.common import positive_int, positive_ints, run_script
 from latentcot.decoding import prepack
@@ -43,8 +44,9 @@ def cell(rows: int, k: int, n: int) -> str:
     packed = torch.ops.mkldnn._reorder_linear_weight(w, prepack.PACK_ROWS)
     plain = median_us(lambda: F.linear(x, w, b))
     fast = median_us(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""))
-    entries = w.numel()
-    rule = entries >= prepack.PACK_FLOOR and prepack.packs(rows, entries, entries >= prepack.PACK_MIN)
+    layer = nn.Linear(k, n)
+    prepack.prepare(layer)  # the engine's own conversion and rule decide the mark
+    rule = isinstance(layer, prepack.PackedLinear) and prepack.packs(layer, rows)
     return f"{plain:.0f} / {fast:.0f} ({plain / fast:.2f}x){' *' if rule else ''}"
 
 

@@ -70,10 +70,10 @@ def _packable(x: torch.Tensor, w: torch.Tensor) -> bool:
             and w.dtype == torch.float32)
 
 
-def packs(rows: int, entries: int, always: bool = False) -> bool:
-    """Whether a converted layer of `entries` weight entries multiplies `rows` rows packed: `always` (a layer of
-    `PACK_MIN` entries and up, as `prepare` marks it) or a call of at least `PACK_WORK` multiply-adds."""
-    return always or rows * entries >= PACK_WORK
+def packs(m: nn.Module, rows: int) -> bool:
+    """Whether a layer `prepare` converted multiplies a call of `rows` rows packed: always (marked so by `prepare`:
+    `min_size` entries and up) or when the call reaches `PACK_WORK` multiply-adds."""
+    return m.__dict__.get("_always", False) or rows * m.weight.numel() >= PACK_WORK
 
 
 def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
@@ -81,7 +81,7 @@ def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.
     """x @ W^T + bias with m's packed copy of W (`w` is W, or W^T when `transposed`), made at the first call and
     again when the weight changes; None when this call is too small to gain (see the module docstring).
     `gelu`: the tanh-approximate GELU of the product, applied by oneDNN as the product is written."""
-    if not packs(x.numel() // max(1, x.shape[-1]), w.numel(), m.__dict__.get("_always", False)):
+    if not packs(m, x.numel() // max(1, x.shape[-1])):
         return None
     key = (w.data_ptr(), w._version)
     packed = m.__dict__.get("_packed")
