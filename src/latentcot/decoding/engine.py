@@ -115,6 +115,7 @@ class Engine:
         self.bb = backbone
         self._split = True  # prefill in length groups on CPU (`prefill`); False: one padded forward
         self._packed_model: object | None = None  # the model whose linear layers `prepack.prepare` converted
+        self.fast = True  # cached steps as `models.fastpath` computes them (bitwise HF's; False: HF's forward)
 
     # --- low-level steps ---------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -198,7 +199,7 @@ class Engine:
     def _forward(self, embeds, mask, positions, cache, want_hidden):
         with prepack.prepacked(self._packing(embeds)):
             return self.bb.forward(embeds, mask, positions, cache, use_cache=True, want_hidden=want_hidden,
-                                   logits_to_keep=1)
+                                   logits_to_keep=1, lean=self.fast)
 
     # --- the generation protocol (latentcot.decoding.backend.GenerationBackend) ---------------------------------
     @torch.inference_mode()

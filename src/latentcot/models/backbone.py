@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from latentcot.errors import ModelError
+from latentcot.models import fastpath
 from latentcot.models.compat import add_special_tokens
 
 
@@ -92,6 +93,7 @@ class Backbone(nn.Module):
         use_cache: bool = False,
         want_hidden: bool = False,
         logits_to_keep: int = 0,
+        lean: bool = False,
     ):
         """One forward of the causal LM.
 
@@ -103,9 +105,16 @@ class Backbone(nn.Module):
             use_cache: return an updated cache (decoding, cached training rollouts).
             want_hidden: also return every layer's hidden states ((B, T, d) each, L+1 of them).
             logits_to_keep: compute logits only for the last n positions (0 = all).
+            lean: a call with `use_cache` of a model `fastpath` supports runs as its lean loop over the same modules
+                and kernels: the same values bitwise, without HF's per-call Python (the engine's calls).
         Returns:
             the HF output: logits (B, T or n, V), the cache (`compat.output_cache(out)`), hidden_states when asked.
         """
+        if lean and use_cache and inputs_embeds is not None and input_ids is None:
+            plan = fastpath.plan(self.model)
+            if fastpath.usable(plan):
+                return fastpath.forward(plan, inputs_embeds, attention_mask, position_ids, past_key_values,
+                                        want_hidden, logits_to_keep)
         cache = {} if past_key_values is None else {self._cache_kwarg: past_key_values}
         return self.model(
             input_ids=input_ids,

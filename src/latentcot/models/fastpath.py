@@ -1,0 +1,221 @@
+"""The engine's lean cached step: the model's own modules and kernels in the model's own order, without the Python
+that HF wraps around each call.
+
+On a tiny model a decode step is mostly Python, not arithmetic: the demo's 4-layer GPT-2 at 32 rows spent about
+half of a cached step in HF's per-call machinery (keyword deprecation and output-capturing wrappers, config
+attribute lookups, the attention-interface lookup, module calls nested four deep) and the rest in its ~40 kernels.
+`forward` runs a call that fills a KV cache (the prefill and every decode, latent and forced step after it) of a
+supported model as a plain loop over its layers. It calls the same submodules (so LoRA wrappers, the packed linear
+layers of `decoding.prepack` and the fused GPT-2 MLP apply as in HF's forward), HF's own mask function, rotary
+embedding, `apply_rotary_pos_emb` and SDPA attention function, with the same arguments in the same order, so every
+kernel sees the same inputs: logits, the last hidden state and the cache are bitwise HF's
+(`tests/test_fastpath.py` compares them with `torch.equal` on padded batches, for every supported family).
+
+Supported: `GPT2LMHeadModel`, `LlamaForCausalLM` and `Qwen2ForCausalLM` with SDPA attention, in eval mode, with
+the plain options of their configs (no cross-attention, GPT-2's attention scaling by the head size only, Qwen2
+without sliding windows), on transformers whose layer code matches what this module mirrors (checked once per
+model by `plan`; anything else, or a model with forward hooks, is HF's own forward). `run.cpu_prepack=false` does
+not turn this off: it changes no value; `Engine.fast = False` does (benchmarks compare the two).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from latentcot.models.compat import cache_name
+
+
+@dataclass
+class _Plan:
+    family: str  # "gpt2" or "llama"
+    base: torch.nn.Module  # the decoder stack (GPT2Model / LlamaModel)
+    head: torch.nn.Module  # lm_head
+    layers: list[torch.nn.Module]
+    attend: Any  # HF's SDPA attention function
+    rotary: Any  # apply_rotary_pos_emb of the model's modeling module (llama family)
+    mask: Any  # HF's create_causal_mask
+    mask_kw: dict[str, str]  # its parameter names in this transformers
+    skipped: list[torch.nn.Module]  # the modules whose own forward the lean step does not call
+
+
+_SUPPORTED = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "llama"}
+
+
+def plan(model: torch.nn.Module) -> _Plan | None:
+    """The lean step's plan for `model` (made once and kept on the model), or None where HF's forward must run."""
+    cached = model.__dict__.get("_latentcot_fastpath", False)
+    if cached is not False:
+        return cached
+    made = _make_plan(model)
+    model.__dict__["_latentcot_fastpath"] = made
+    return made
+
+
+def _make_plan(model: torch.nn.Module) -> _Plan | None:
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the wrapped model
+    family = _SUPPORTED.get(type(core).__name__)
+    cfg = getattr(core, "config", None)
+    if family is None or cfg is None or getattr(cfg, "_attn_implementation", None) != "sdpa":
+        return None
+    if getattr(core, "hf_device_map", None) or getattr(cfg, "is_encoder_decoder", False):
+        return None
+    try:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.masking_utils import create_causal_mask
+    except ImportError:
+        return None
+    params = inspect.signature(create_causal_mask).parameters
+    if "cache_position" in params and params["cache_position"].default is inspect.Parameter.empty:
+        return None  # an older mask API that wants cache positions: HF's forward
+    mask_kw = {"embeds": "inputs_embeds" if "inputs_embeds" in params else "input_embeds",
+               "cache": "cache" if "cache" in params else "past_key_values"}
+    if not {mask_kw["embeds"], mask_kw["cache"], "config", "attention_mask", "position_ids"} <= set(params):
+        return None
+    modeling = sys.modules[type(core).__module__]
+    if family == "gpt2":
+        base, layers = core.transformer, list(core.transformer.h)
+        if (cfg.add_cross_attention or cfg.scale_attn_by_inverse_layer_idx or cfg.reorder_and_upcast_attn
+                or not cfg.scale_attn_weights or not all(hasattr(b.attn, "scaling") for b in layers)):
+            return None
+        rotary = None
+    else:
+        base = core.model
+        layers = list(base.layers[: cfg.num_hidden_layers])
+        if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "pretraining_tp", 1) != 1:
+            return None
+        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+            return None
+        rotary = getattr(modeling, "apply_rotary_pos_emb", None)
+        if rotary is None or not hasattr(base, "rotary_emb"):
+            return None
+    attns = [b.attn if family == "gpt2" else b.self_attn for b in layers]
+    if not _layer_code_matches(family, type(layers[0]), type(attns[0])):
+        return None
+    return _Plan(family, base, core.lm_head, layers, sdpa_attention_forward, rotary, create_causal_mask, mask_kw,
+                 [model, core, base, *layers, *attns])
+
+
+def usable(p: _Plan | None) -> bool:
+    """Whether the lean step may run now: a plan, eval mode, and no hook on a module whose forward it skips (HF's
+    own output-capturing hooks aside: they record only inside HF's forward)."""
+    if p is None or p.base.training:
+        return False
+    for m in p.skipped:
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            if hooks and any("output_capturing_hook" not in getattr(h, "__qualname__", "") for h in hooks.values()):
+                return False
+    return True
+
+
+# What each mirrored forward must contain, in this order (a transformers release that changes its layer code makes
+# `plan` decline the model rather than compute something else).
+_SHAPES = {
+    "gpt2": (["ln_1", "self.attn", "attn_output + residual", "ln_2", "self.mlp", "residual + feed_forward"],
+             ["self.c_attn(hidden_states).split", "view(shape_kv).transpose(1, 2)", "view(shape_q).transpose(1, 2)",
+              ".update(key_states, value_states, self.layer_idx", "scaling=self.scaling",
+              "reshape(*attn_output.shape[:-2], -1).contiguous()", "self.c_proj(attn_output)"]),
+    "llama": (["input_layernorm", "self.self_attn", "residual + hidden_states", "post_attention_layernorm",
+               "self.mlp", "residual + hidden_states"],
+              ["self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)",
+               "self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)",
+               "self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)",
+               "apply_rotary_pos_emb(query_states, key_states, cos, sin)",
+               ".update(key_states, value_states, self.layer_idx", "scaling=self.scaling",
+               "reshape(*input_shape, -1).contiguous()", "self.o_proj(attn_output)"]),
+}
+
+
+def _layer_code_matches(family: str, layer_cls: type, attn_cls: type) -> bool:
+    try:
+        sources = [inspect.getsource(layer_cls.forward), inspect.getsource(attn_cls.forward)]
+    except (OSError, TypeError):
+        return False
+    for src, parts in zip(sources, _SHAPES[family]):
+        at = 0
+        for part in parts:
+            at = src.find(part, at)
+            if at < 0:
+                return False
+    return True
+
+
+class _Output:
+    """What the engine reads from a model call: logits, hidden_states (the last is the final norm's output) and
+    the cache under the name this transformers uses (`compat.output_cache`)."""
+
+    def __init__(self, logits: torch.Tensor, hidden: tuple[torch.Tensor, ...] | None, cache: object) -> None:
+        self.logits, self.hidden_states = logits, hidden
+        setattr(self, cache_name(), cache)
+
+
+def forward(p: _Plan, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: object | None,
+            want_hidden: bool, logits_to_keep: int = 1) -> _Output:
+    """One call with the KV cache (embeds (B, n, d) after the cache's positions; `cache` None: a prefill into a new
+    cache, made as HF's forward makes it) as HF's forward computes it."""
+    if cache is None:
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=p.base.config)
+    causal = _mask(p, embeds, mask, positions, cache)
+    hidden: list[torch.Tensor] = []
+    if p.family == "gpt2":
+        h = embeds + p.base.wpe(positions).to(embeds.device)
+        for layer in p.layers:
+            hidden.append(h)
+            h = _gpt2_layer(p, layer, h, causal, cache)
+        h = p.base.ln_f(h)
+    else:
+        h = embeds
+        rope = p.base.rotary_emb(h, position_ids=positions)
+        for layer in p.layers:
+            hidden.append(h)
+            h = _llama_layer(p, layer, h, causal, cache, rope)
+        h = p.base.norm(h)
+    hidden.append(h)
+    logits = p.head(h[:, -logits_to_keep:, :] if logits_to_keep else h)
+    return _Output(logits, tuple(hidden) if want_hidden else None, cache)
+
+
+def _mask(p: _Plan, embeds, mask, positions, cache):
+    kw = {p.mask_kw["embeds"]: embeds, p.mask_kw["cache"]: cache}
+    return p.mask(config=p.base.config, attention_mask=mask, position_ids=positions, **kw)
+
+
+def _gpt2_layer(p: _Plan, block, h, causal, cache):
+    residual = h
+    x = block.ln_1(h)
+    attn = block.attn
+    q, k, v = attn.c_attn(x).split(attn.split_size, dim=2)
+    shape_kv = (*k.shape[:-1], -1, attn.head_dim)
+    k = k.view(shape_kv).transpose(1, 2)
+    v = v.view(shape_kv).transpose(1, 2)
+    q = q.view((*q.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
+    k, v = cache.update(k, v, attn.layer_idx)
+    out, _ = p.attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
+    out = attn.c_proj(out.reshape(*out.shape[:-2], -1).contiguous())
+    h = out + residual
+    residual = h
+    return residual + block.mlp(block.ln_2(h))
+
+
+def _llama_layer(p: _Plan, layer, h, causal, cache, rope):
+    residual = h
+    x = layer.input_layernorm(h)
+    attn = layer.self_attn
+    shape = (*x.shape[:-1], -1, attn.head_dim)
+    q = attn.q_proj(x).view(shape).transpose(1, 2)
+    k = attn.k_proj(x).view(shape).transpose(1, 2)
+    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    cos, sin = rope
+    q, k = p.rotary(q, k, cos, sin)
+    k, v = cache.update(k, v, attn.layer_idx)
+    out, _ = p.attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
+    out = attn.o_proj(out.reshape(*x.shape[:-1], -1).contiguous())
+    h = residual + out
+    residual = h
+    return residual + layer.mlp(layer.post_attention_layernorm(h))

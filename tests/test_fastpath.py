@@ -1,0 +1,206 @@
+"""The engine's lean cached step (`latentcot.models.fastpath`): bitwise HF's forward (logits, last hidden state,
+KV cache) on padded batches for every supported family, HF's forward wherever it does not apply, and generations
+through the engine identical with it on and off."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from latentcot.decoding import prepack
+from latentcot.decoding.engine import Engine
+from latentcot.decoding.rows import use_slack
+from latentcot.decoding.sampling import GenerationConfig
+from latentcot.models import fastpath
+from latentcot.models.backbone import Backbone
+from latentcot.models.compat import output_cache
+from latentcot.models.loading import load_model
+from latentcot.models.splice import splice, tokens
+
+V = 97
+
+
+def _plan_or_skip(model):
+    """The plan; a skip where this transformers' layer code is not what `fastpath` mirrors (HF's forward runs
+    there, which the engine test below covers on every version)."""
+    import transformers
+
+    p = fastpath.plan(model)
+    if p is None:
+        pytest.skip(f"transformers {transformers.__version__}: the lean step does not apply, HF's forward runs")
+    return p
+
+
+def _model(family: str, **kw) -> torch.nn.Module:
+    torch.manual_seed(3)
+    if family == "gpt2":
+        cfg = GPT2Config(vocab_size=V, n_embd=48, n_layer=2, n_head=4, n_positions=64, **kw)
+        model = GPT2LMHeadModel(cfg)
+    elif family == "llama":
+        cfg = LlamaConfig(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=80, max_position_embeddings=64, **kw)
+        model = LlamaForCausalLM(cfg)
+    else:
+        cfg = Qwen2Config(vocab_size=V, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=80, max_position_embeddings=64, **kw)
+        model = Qwen2ForCausalLM(cfg)
+    return model.eval()
+
+
+def _hf(model, embeds, mask, pos, cache, hidden=True, keep=1):
+    from latentcot.models.compat import cache_name
+
+    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
+                 output_hidden_states=hidden, logits_to_keep=keep, return_dict=True, **{cache_name(): cache})
+
+
+def _prefill_inputs(model, lengths=(5, 2, 4)):
+    """A left-padded batch of rows of the given lengths: (embeds, mask, positions)."""
+    T = max(lengths)
+    mask = torch.tensor([[0] * (T - n) + [1] * n for n in lengths])
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    return model.get_input_embeddings()(torch.randint(3, V, (len(lengths), T))), mask, pos
+
+
+def _padded_start(model):
+    """HF's prefill of three rows of different lengths: (cache, mask, next positions)."""
+    embeds, mask, pos = _prefill_inputs(model)
+    out = _hf(model, embeds, mask, pos, None, hidden=False)
+    return output_cache(out), mask, pos[:, -1] + 1
+
+
+def _same_cache(a, b):
+    assert len(a.layers) == len(b.layers)
+    for x, y in zip(a.layers, b.layers):
+        assert torch.equal(x.keys, y.keys) and torch.equal(x.values, y.values)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_lean_step_is_bitwise_hfs_forward_on_padded_batches(family, packed):
+    """Steps of one and of two positions, with and without hidden states, from a padded cache (a plain cache and
+    the engine's slack buffers): logits, last hidden state and every key and value equal HF's with torch.equal."""
+    model = _model(family)
+    if packed:
+        prepack.prepare(model, min_size=0)
+    p = _plan_or_skip(model)
+    assert fastpath.usable(p)
+    torch.manual_seed(5)
+    with torch.inference_mode(), prepack.prepacked(packed):
+        embeds, mask, pos = _prefill_inputs(model)
+        ref = _hf(model, embeds, mask, pos, None)
+        got = fastpath.forward(p, embeds, mask, pos, None, True)  # the prefill, into a new cache
+        assert torch.equal(got.logits, ref.logits) and torch.equal(got.hidden_states[-1], ref.hidden_states[-1])
+        cache, mine, nxt = output_cache(ref), output_cache(got), pos[:, -1] + 1
+        _same_cache(cache, mine)
+        if packed:
+            use_slack(cache), use_slack(mine)
+        for n, hidden in [(1, True), (1, False), (2, True), (1, True)]:
+            embeds = torch.randn(3, n, 48)
+            mask = torch.cat([mask, torch.ones(3, n, dtype=mask.dtype)], dim=1)
+            pos = nxt[:, None] + torch.arange(n)
+            ref = _hf(model, embeds, mask, pos, cache, hidden)
+            got = fastpath.forward(p, embeds, mask, pos, mine, hidden)
+            assert torch.equal(got.logits, ref.logits)
+            assert got.logits.shape == (3, 1, V)
+            if hidden:
+                assert torch.equal(got.hidden_states[-1], ref.hidden_states[-1])
+                assert len(got.hidden_states) == len(ref.hidden_states)
+            else:
+                assert got.hidden_states is None
+            assert output_cache(got) is mine
+            _same_cache(cache, mine)
+            nxt = nxt + n
+    assert mask[1, :3].tolist() == [0, 0, 0]  # the short row kept its padding throughout
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_lean_prefill_of_rows_without_padding(family):
+    """Rows of one length (HF's mask is then no tensor at all, the causal flag of SDPA instead): bitwise equal."""
+    model = _model(family)
+    p = _plan_or_skip(model)
+    with torch.inference_mode():
+        embeds, mask, pos = _prefill_inputs(model, (4, 4, 4))
+        ref, got = _hf(model, embeds, mask, pos, None, keep=0), fastpath.forward(p, embeds, mask, pos, None, True, 0)
+        assert got.logits.shape == (3, 4, V)  # logits_to_keep=0: every position
+        assert torch.equal(got.logits, ref.logits) and torch.equal(got.hidden_states[-1], ref.hidden_states[-1])
+        _same_cache(output_cache(ref), output_cache(got))
+
+
+@pytest.mark.parametrize(("family", "kw"), [
+    ("gpt2", {"scale_attn_by_inverse_layer_idx": True}),
+    ("gpt2", {"reorder_and_upcast_attn": True}),
+    ("gpt2", {"attn_implementation": "eager"}),
+    ("llama", {"attn_implementation": "eager"}),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0}),
+])
+def test_plan_declines_what_it_does_not_mirror(family, kw):
+    assert fastpath.plan(_model(family, **kw)) is None
+
+
+def test_a_hook_or_training_mode_sends_the_step_to_hfs_forward():
+    model = _model("llama")
+    p = _plan_or_skip(model)
+    assert fastpath.usable(p)
+    handle = model.model.layers[1].register_forward_hook(lambda *a: None)
+    assert not fastpath.usable(p)
+    handle.remove()
+    assert fastpath.usable(p)
+    model.train()
+    assert not fastpath.usable(p)
+    model.eval()
+    assert fastpath.usable(p) and not fastpath.usable(None)
+
+
+def test_lora_model_steps_through_its_adapters():
+    """A PEFT LoRA model: the plan finds the base model and calls the wrapped layers, so the adapters' delta is in
+    the step (bitwise HF's forward through PEFT, and different from the base model's)."""
+    peft = pytest.importorskip("peft")
+    model = _model("llama")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, prm in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(prm, std=0.5)  # a nonzero adapter
+    lora.eval()
+    p = _plan_or_skip(lora)
+    assert fastpath.usable(p)
+    with torch.inference_mode():
+        cache, mask, nxt = _padded_start(lora)
+        mine = copy.deepcopy(cache)
+        embeds = torch.randn(3, 1, 48)
+        mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
+        ref = _hf(lora, embeds, mask, nxt[:, None], cache)
+        got = fastpath.forward(p, embeds, mask, nxt[:, None], mine, True)
+        assert torch.equal(got.logits, ref.logits)
+        with lora.disable_adapter():
+            base = _hf(lora, embeds, mask, nxt[:, None], copy.deepcopy(mine))
+        assert not torch.allclose(got.logits, base.logits)
+
+
+@pytest.mark.parametrize("alias", ["tiny-gpt2", "tiny-llama"])
+def test_engine_generations_are_identical_with_the_lean_step_on_and_off(alias, monkeypatch):
+    """Greedy and sampled generations, and the states' logits, through `Engine` with `fast` on and off (the lean
+    step ran in the `fast` arm wherever this transformers has a plan for the model)."""
+    bb = Backbone(*load_model(alias), alias)
+    calls, real = [], fastpath.forward
+    monkeypatch.setattr(fastpath, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    eng = Engine(bb)
+    rows = [[tokens(bb.tokenizer.encode(t))] for t in ["What is 2+3?", "Hi", "A longer question about plums."]]
+    from latentcot.decoding.sampling import RowRandom
+
+    outs = {}
+    for fast in (False, True):
+        eng.fast = fast
+        batch = splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0, "left")
+        greedy = eng.generate(eng.prefill(batch), GenerationConfig(max_new_tokens=12, ignore_eos=True), None)
+        state = eng.prefill(batch)
+        rand = RowRandom([1, 2, 3])
+        sampled = eng.generate(state, GenerationConfig(max_new_tokens=12, temperature=0.8, ignore_eos=True), rand)
+        stepped = eng.step_tokens(eng.prefill(batch), torch.tensor([5, 6, 7]))
+        outs[fast] = ([o.token_ids for o in greedy], [o.token_ids for o in sampled], stepped.logits)
+        assert bool(calls) == (fast and fastpath.plan(bb.model) is not None)
+    assert outs[True][0] == outs[False][0] and outs[True][1] == outs[False][1]
+    assert torch.equal(outs[True][2], outs[False][2])
