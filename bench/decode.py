@@ -1,7 +1,9 @@
 """Decode engine vs HF `generate()`: time per decode step on the same model, batch and number of steps.
 
 SPEC section 6 target: the engine's step costs at most 1.25x HF generate's. Both sides decode greedily, with
-EOS ignored so every row takes exactly `--steps` steps, from the same left-padded prompts.
+EOS ignored so every row takes exactly `--steps` steps, from the same left-padded prompts. A third column times the
+engine with HF's own forward in place of its lean model call (`models/fastpath.py`, `Engine.fast = False`), so the
+lean call's share of the engine's speed is measured in the same run.
 
     .venv/bin/python bench/decode.py                       # tiny-llama, batch 1/8/32
     .venv/bin/python bench/decode.py --model smollm2-135m-instruct --batch-sizes 1,8 --steps 32
@@ -36,8 +38,9 @@ def prompts(bb: Backbone, n: int) -> list[str]:
     return [bb.chat_prompt(QUESTIONS[i % len(QUESTIONS)] + " " * (i % 3)) for i in range(n)]
 
 
-def time_engine(bb: Backbone, texts: list[str], steps: int) -> float:
+def time_engine(bb: Backbone, texts: list[str], steps: int, fast: bool = True) -> float:
     eng = Engine(bb)
+    eng.fast = fast
     rows = [[tokens(bb.encode(t))] for t in texts]
     cfg = GenerationConfig(max_new_tokens=steps, ignore_eos=True)
     _sync()
@@ -103,16 +106,18 @@ def main() -> None:
     bb = load(args)
     watch = preflight(args.allow_contended)
     print(f"model {bb.name} on {torch.cuda.get_device_name() if bb.device.type == 'cuda' else 'cpu'} in {args.dtype}, {args.steps} decode steps, greedy, median of {args.repeats} runs (prefill included on both sides)")
-    print(f"{'batch':>5} {'engine ms/step':>15} {'HF ms/step':>11} {'ratio':>6}")
+    print(f"{'batch':>5} {'engine ms/step':>15} {'HF ms/step':>11} {'ratio':>6} {'engine, HF forward':>19} "
+          f"{'lean gain':>9}")
     for bs in args.batch_sizes:
         texts = prompts(bb, bs)
-        time_engine(bb, texts, 4), time_hf(bb, texts, 4)  # warm-up
-        eng, hf = [], []
-        for _ in range(args.repeats):  # interleaved so both sides see the same machine load
+        time_engine(bb, texts, 4), time_engine(bb, texts, 4, fast=False), time_hf(bb, texts, 4)  # warm-up
+        eng, slow, hf = [], [], []
+        for _ in range(args.repeats):  # interleaved so every side sees the same machine load
             eng.append(time_engine(bb, texts, args.steps))
+            slow.append(time_engine(bb, texts, args.steps, fast=False))
             hf.append(time_hf(bb, texts, args.steps))
-        e, h = statistics.median(eng) / args.steps * 1e3, statistics.median(hf) / args.steps * 1e3
-        print(f"{bs:>5} {e:>15.2f} {h:>11.2f} {e / h:>6.2f}x")
+        e, s, h = (statistics.median(x) / args.steps * 1e3 for x in (eng, slow, hf))
+        print(f"{bs:>5} {e:>15.2f} {h:>11.2f} {e / h:>5.2f}x {s:>19.2f} {s / e:>8.2f}x")
     print(f"{torch.get_num_threads()} thread(s); {verdict(watch)}")
 
 
