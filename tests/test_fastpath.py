@@ -204,3 +204,16 @@ def test_engine_generations_are_identical_with_the_lean_step_on_and_off(alias, m
         assert bool(calls) == (fast and fastpath.plan(bb.model) is not None)
     assert outs[True][0] == outs[False][0] and outs[True][1] == outs[False][1]
     assert torch.equal(outs[True][2], outs[False][2])
+
+
+def test_the_lean_call_applies_on_the_transformers_this_project_installs():
+    """On transformers 5.24 and later (what `make test` installs) every supported family gets a plan, so the bitwise
+    tests above run instead of skipping; older releases (4.56 in `make test-oldest`) keep HF's forward."""
+    import transformers
+    from packaging.version import Version
+
+    plans = [fastpath.plan(_model(f)) for f in ("gpt2", "llama", "qwen2")]
+    if Version(transformers.__version__) >= Version("5.24"):
+        assert all(p is not None for p in plans)
+    elif Version(transformers.__version__) < Version("5"):
+        assert all(p is None for p in plans)

@@ -1,4 +1,4 @@
-"""The engine's lean cached step: the model's own modules and kernels in the model's own order, without the Python
+"""The engine's lean model call: the model's own modules and kernels in the model's own order, without the Python
 that HF wraps around each call.
 
 On a tiny model a decode step is mostly Python, not arithmetic: the demo's 4-layer GPT-2 at 32 rows spent about
@@ -94,7 +94,7 @@ def _make_plan(model: torch.nn.Module) -> _Plan | None:
         if rotary is None or not hasattr(base, "rotary_emb"):
             return None
     attns = [b.attn if family == "gpt2" else b.self_attn for b in layers]
-    if not _layer_code_matches(family, type(layers[0]), type(attns[0])):
+    if not _code_matches(family, [type(core), type(base), type(layers[0]), type(attns[0])]):
         return None
     return _Plan(family, base, core.lm_head, layers, sdpa_attention_forward, rotary, create_causal_mask, mask_kw,
                  [model, core, base, *layers, *attns])
@@ -112,14 +112,18 @@ def usable(p: _Plan | None) -> bool:
     return True
 
 
-# What each mirrored forward must contain, in this order (a transformers release that changes its layer code makes
-# `plan` decline the model rather than compute something else).
+# What each mirrored forward (the LM, its decoder stack, a layer, its attention) must contain, in this order (a
+# transformers release that changes this code makes `plan` decline the model rather than compute something else).
 _SHAPES = {
-    "gpt2": (["ln_1", "self.attn", "attn_output + residual", "ln_2", "self.mlp", "residual + feed_forward"],
+    "gpt2": (["self.lm_head(hidden_states)"],
+             ["self.wpe(position_ids)", "inputs_embeds + position_embeds", "create_causal_mask", "self.ln_f("],
+             ["ln_1", "self.attn", "attn_output + residual", "ln_2", "self.mlp", "residual + feed_forward"],
              ["self.c_attn(hidden_states).split", "view(shape_kv).transpose(1, 2)", "view(shape_q).transpose(1, 2)",
               ".update(key_states, value_states, self.layer_idx", "scaling=self.scaling",
               "reshape(*attn_output.shape[:-2], -1).contiguous()", "self.c_proj(attn_output)"]),
-    "llama": (["input_layernorm", "self.self_attn", "residual + hidden_states", "post_attention_layernorm",
+    "llama": (["self.lm_head(hidden_states)"],
+              ["create_causal_mask", "self.rotary_emb(hidden_states", "self.norm(hidden_states)"],
+              ["input_layernorm", "self.self_attn", "residual + hidden_states", "post_attention_layernorm",
                "self.mlp", "residual + hidden_states"],
               ["self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)",
                "self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)",
@@ -130,9 +134,9 @@ _SHAPES = {
 }
 
 
-def _layer_code_matches(family: str, layer_cls: type, attn_cls: type) -> bool:
+def _code_matches(family: str, classes: list[type]) -> bool:
     try:
-        sources = [inspect.getsource(layer_cls.forward), inspect.getsource(attn_cls.forward)]
+        sources = [inspect.getsource(cls.forward) for cls in classes]
     except (OSError, TypeError):
         return False
     for src, parts in zip(sources, _SHAPES[family]):
