@@ -190,6 +190,13 @@ def _mask(p: _Plan, embeds, mask, positions, cache):
     return p.mask(config=p.base.config, attention_mask=mask, position_ids=positions, **kw)
 
 
+def _attention(p: _Plan, attn, q, k, v, causal, cache, proj):
+    """Both families' tail of the attention: the cache update, HF's SDPA function, the output projection."""
+    k, v = cache.update(k, v, attn.layer_idx)
+    out, _ = p.attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
+    return proj(out.reshape(*out.shape[:-2], -1).contiguous())
+
+
 def _gpt2_layer(p: _Plan, block, h, causal, cache):
     residual = h
     x = block.ln_1(h)
@@ -199,12 +206,8 @@ def _gpt2_layer(p: _Plan, block, h, causal, cache):
     k = k.view(shape_kv).transpose(1, 2)
     v = v.view(shape_kv).transpose(1, 2)
     q = q.view((*q.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
-    k, v = cache.update(k, v, attn.layer_idx)
-    out, _ = p.attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
-    out = attn.c_proj(out.reshape(*out.shape[:-2], -1).contiguous())
-    h = out + residual
-    residual = h
-    return residual + block.mlp(block.ln_2(h))
+    h = _attention(p, attn, q, k, v, causal, cache, attn.c_proj) + residual
+    return h + block.mlp(block.ln_2(h))
 
 
 def _llama_layer(p: _Plan, layer, h, causal, cache, rope):
@@ -215,11 +218,6 @@ def _llama_layer(p: _Plan, layer, h, causal, cache, rope):
     q = attn.q_proj(x).view(shape).transpose(1, 2)
     k = attn.k_proj(x).view(shape).transpose(1, 2)
     v = attn.v_proj(x).view(shape).transpose(1, 2)
-    cos, sin = rope
-    q, k = p.rotary(q, k, cos, sin)
-    k, v = cache.update(k, v, attn.layer_idx)
-    out, _ = p.attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
-    out = attn.o_proj(out.reshape(*x.shape[:-1], -1).contiguous())
-    h = residual + out
-    residual = h
-    return residual + layer.mlp(layer.post_attention_layernorm(h))
+    q, k = p.rotary(q, k, *rope)
+    h = residual + _attention(p, attn, q, k, v, causal, cache, attn.o_proj)
+    return h + layer.mlp(layer.post_attention_layernorm(h))
