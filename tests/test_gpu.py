@@ -46,6 +46,29 @@ def test_bf16_engine_greedy_equals_hf_generate():
     assert agree == len(questions)
 
 
+def test_lean_model_call_is_bitwise_hfs_forward_on_cuda():
+    """The engine's lean model call (`models/fastpath.py`) against HF's forward on CUDA in bf16: a padded prefill and
+    four cached steps, logits compared with torch.equal at every step."""
+    from latentcot.decoding.engine import Engine
+    from latentcot.models import fastpath
+    from latentcot.models.splice import splice, tokens
+
+    bb = _bf16_llama()
+    assert fastpath.plan(bb.model) is not None
+    rows = [[tokens(bb.encode(bb.chat_prompt(q)))] for q in ["What is 2+3?", "A longer question about trains?"]]
+    logits = {}
+    for fast in (False, True):
+        eng = Engine(bb)
+        eng.fast = fast
+        state = eng.prefill(splice(rows, bb.embed, bb.tokenizer.pad_token_id or 0, "left"))
+        seen = [state.logits.clone()]
+        for t in range(4):
+            state = eng.step_tokens(state, torch.full((2,), 5 + t, device="cuda"))
+            seen.append(state.logits.clone())
+        logits[fast] = seen
+    assert all(torch.equal(a, b) for a, b in zip(logits[False], logits[True]))
+
+
 def test_ddp_smoke_bf16(tmp_path):
     """`latentcot train --launch configs/accelerate/ddp.yaml` on every GPU, bf16 autocast, 3 steps: finishes, states
     the global batch, the main process writes finite trainable weights."""
