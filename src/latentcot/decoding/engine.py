@@ -115,7 +115,7 @@ class Engine:
         self.bb = backbone
         self._split = True  # prefill in length groups on CPU (`prefill`); False: one padded forward
         self._packed_model: object | None = None  # the model whose linear layers `prepack.prepare` converted
-        self.fast = True  # cached steps as `models.fastpath` computes them (bitwise HF's; False: HF's forward)
+        self.fast = True  # model calls through `models.fastpath` (bitwise HF's forward; False: HF's own)
 
     # --- low-level steps ---------------------------------------------------------------------------------------
     @torch.inference_mode()
