@@ -138,6 +138,29 @@ def test_slack_cache_equals_concatenation_through_row_surgery(tiny, monkeypatch)
     assert moved <= 1  # at most one re-buffering in SLACK - 1 steps with no row surgery
 
 
+def test_slack_layer_follows_keys_replaced_in_its_buffer():
+    """A SlackLayer writes into its buffer only while its keys and values are the views it handed out: keys cropped
+    by HF's `crop` (a new view of the same buffer) or replaced by row surgery are taken as they are, so every update
+    gives what a concatenating DynamicLayer gives."""
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(0)
+    kv = [(torch.randn(2, 3, n, 4), torch.randn(2, 3, n, 4)) for n in (5, 1, 1, 2, 1, 1)]
+    slack, plain = DynamicLayer(), DynamicLayer()
+    for i, (k, v) in enumerate(kv):
+        if i == 1:
+            slack.__class__ = rows_mod.SlackLayer  # as `use_slack` turns a prefilled layer into one
+        if i == 3:
+            for layer in (slack, plain):
+                layer.crop(-2)  # 7 -> 5 positions, a view of the buffer: the next update must not append after 7
+        if i == 5:
+            for layer in (slack, plain):
+                layer.keys, layer.values = layer.keys.flip(0), layer.values.flip(0)  # rows reordered
+        a, b = slack.update(k, v), plain.update(k, v)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert slack.keys.shape[2] == 9
+
+
 def test_greedy_equals_hf_generate(tiny):
     eng = Engine(tiny)
     texts = [tiny.chat_prompt(t) for t in PROMPTS]

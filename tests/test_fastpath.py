@@ -155,6 +155,33 @@ def test_a_hook_or_training_mode_sends_the_step_to_hfs_forward():
     assert fastpath.usable(p) and not fastpath.usable(None)
 
 
+def test_hooks_the_lean_step_meets_still_run_and_global_hooks_send_it_to_hf():
+    """A hook on a module the lean step calls (it calls that module's forward directly only when the module has no
+    hooks) fires once per call, with the same output as HF's forward; a global module hook sends the step to HF's
+    forward, which runs it on every module."""
+    model = _model("llama")
+    p = _plan_or_skip(model)
+    seen = []
+    handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    with torch.inference_mode():
+        cache, mask, nxt = _padded_start(model)
+        mine = copy.deepcopy(cache)
+        embeds = torch.randn(3, 1, 48)
+        mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
+        ref = _hf(model, embeds, mask, nxt[:, None], cache)
+        seen.clear()
+        assert fastpath.usable(p)
+        got = fastpath.forward(p, embeds, mask, nxt[:, None], mine, True)
+    handle.remove()
+    assert seen == [torch.Size([3, 1, 48])] and torch.equal(got.logits, ref.logits)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert not fastpath.usable(p)
+    finally:
+        handle.remove()
+    assert fastpath.usable(p)
+
+
 def test_lora_model_steps_through_its_adapters():
     """A PEFT LoRA model: the plan finds the base model and calls the wrapped layers, so the adapters' delta is in
     the step (bitwise HF's forward through PEFT, and different from the base model's)."""

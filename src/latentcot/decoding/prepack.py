@@ -64,12 +64,6 @@ def _active() -> bool:
     return getattr(_state, "on", False)
 
 
-def _packable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether a call may use the packed weight: inside `prepacked`, no gradients, CPU, float32."""
-    return (_active() and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and w.dtype == torch.float32)
-
-
 def packs(m: nn.Module, rows: int) -> bool:
     """Whether a layer `prepare` converted multiplies a call of `rows` rows packed: always (marked so by `prepare`:
     `min_size` entries and up) or when the call reaches `PACK_WORK` multiply-adds."""
@@ -79,19 +73,31 @@ def packs(m: nn.Module, rows: int) -> bool:
 def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
                     transposed: bool, gelu: bool = False) -> torch.Tensor | None:
     """x @ W^T + bias with m's packed copy of W (`w` is W, or W^T when `transposed`), made at the first call and
-    again when the weight changes; None when this call is too small to gain (see the module docstring).
-    `gelu`: the tanh-approximate GELU of the product, applied by oneDNN as the product is written."""
-    if not packs(m, x.numel() // max(1, x.shape[-1])):
+    again when the weight changes; None outside `prepacked`, with gradients, off the CPU, in another dtype than
+    float32, or when the call is too small to gain (`packs`, see the module docstring). `gelu`: the tanh-approximate
+    GELU of the product, applied by oneDNN as the product is written. It runs for every linear layer in every engine
+    call, so its checks are written out here rather than called."""
+    if not (getattr(_state, "on", False) and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
+            and not torch.is_grad_enabled()):
+        return None
+    d = m.__dict__
+    if not d.get("_always", False) and x.numel() // max(1, x.shape[-1]) * w.numel() < PACK_WORK:
         return None
     key = (w.data_ptr(), w._version)
-    packed = m.__dict__.get("_packed")
+    packed = d.get("_packed")
     if packed is None or packed[0] != key:
         weight = w.detach().t().contiguous() if transposed else w.detach()
         packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS))
-        m.__dict__["_packed"] = packed  # not a parameter or buffer: never saved, never moved
+        d["_packed"] = packed  # not a parameter or buffer: never saved, never moved
     if gelu:
-        return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "gelu", [], "tanh")
-    return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "none", [], "")
+        return _linear_pointwise()(x, packed[1], bias, "gelu", [], "tanh")
+    return _linear_pointwise()(x, packed[1], bias, "none", [], "")
+
+
+@functools.cache
+def _linear_pointwise():
+    """oneDNN's linear op itself (its default overload: one Python call fewer than the op's packet)."""
+    return torch.ops.mkldnn._linear_pointwise.default
 
 
 class PackedLinear(nn.Linear):
@@ -101,7 +107,7 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        y = _packed_product(self, x, w, self.bias, False) if _packable(x, w) else None
+        y = _packed_product(self, x, w, self.bias, False)
         return F.linear(x, w, self.bias) if y is None else y
 
 
@@ -111,7 +117,7 @@ class PackedConv1D(Conv1D):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        y = _packed_product(self, x, w, self.bias, True) if _packable(x, w) else None
+        y = _packed_product(self, x, w, self.bias, True)
         return super().forward(x) if y is None else y
 
 
@@ -144,10 +150,11 @@ def _packed_gpt2_mlp() -> tuple[type, type]:
 
         def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
             fc = self.c_fc
-            if type(self.act) is FusedTanhGELU and type(fc) is PackedConv1D and _packable(hidden_states, fc.weight):
+            if type(self.act) is FusedTanhGELU and type(fc) is PackedConv1D:
                 h = _packed_product(fc, hidden_states, fc.weight, fc.bias, True, gelu=True)
                 if h is not None:
-                    return self.dropout(self.c_proj(h))
+                    h = self.c_proj(h)
+                    return self.dropout(h) if self.training else h  # eval-mode dropout is the identity
             return super().forward(hidden_states)
 
     return GPT2MLP, PackedGPT2MLP

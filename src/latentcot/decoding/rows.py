@@ -36,25 +36,27 @@ class SlackLayer(DynamicLayer):
     rows: 60 copies of 6 MB per step). This layer writes the step's keys and values into the spare positions and
     returns views of the filled part, so a copy happens once every `SLACK` steps. The values are the same tensors
     a DynamicLayer would hold. Row surgery (`select_rows`, `concat_states`) assigns new `keys` / `values`; the next
-    update sees that they are no longer views of the buffers and re-buffers them. Decoding only (no autograd:
+    update sees that they are no longer the views it handed out and re-buffers them. Decoding only (no autograd:
     the buffers are written in place).
     """
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         keys, values = self.keys, self.values
-        b, h, t, d = keys.shape
         n = key_states.shape[-2]
-        buf = self.__dict__.get("_slack")
-        if buf is None or keys.data_ptr() != buf[0].data_ptr() or keys.stride() != buf[0].stride() or t + n > buf[0].shape[2]:
+        buf = self.__dict__.get("_slack")  # key and value buffers, the views of them this layer last handed out
+        t = keys.shape[2]
+        if buf is None or keys is not buf[2] or values is not buf[3] or t + n > buf[0].shape[2]:
+            b, h, _, d = keys.shape
             kb = keys.new_empty(b, h, t + n + SLACK, d)
             vb = values.new_empty(b, values.shape[1], t + n + SLACK, values.shape[3])
-            kb[:, :, :t] = keys
-            vb[:, :, :t] = values
-            buf = self._slack = (kb, vb)
-        kb, vb = buf
-        kb[:, :, t : t + n] = key_states
-        vb[:, :, t : t + n] = value_states
-        self.keys, self.values = kb[:, :, : t + n], vb[:, :, : t + n]
+            kb.narrow(2, 0, t).copy_(keys)
+            vb.narrow(2, 0, t).copy_(values)
+        else:
+            kb, vb = buf[0], buf[1]
+        kb.narrow(2, t, n).copy_(key_states)
+        vb.narrow(2, t, n).copy_(value_states)
+        self.keys, self.values = kb.narrow(2, 0, t + n), vb.narrow(2, 0, t + n)
+        self._slack = (kb, vb, self.keys, self.values)
         return self.keys, self.values
 
 

@@ -101,15 +101,30 @@ def _make_plan(model: torch.nn.Module) -> _Plan | None:
 
 
 def usable(p: _Plan | None) -> bool:
-    """Whether the lean step may run now: a plan, eval mode, and no hook on a module whose forward it skips (HF's
-    own output-capturing hooks aside: they record only inside HF's forward)."""
-    if p is None or p.base.training:
+    """Whether the lean step may run now: a plan, eval mode, no global module hooks, no jit tracing, and no hook on a
+    module whose forward it skips (HF's own output-capturing hooks aside: they record only inside HF's forward)."""
+    if p is None or p.base.training or torch._C._get_tracing_state() or _global_hooks():
         return False
     for m in p.skipped:
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             if hooks and any("output_capturing_hook" not in getattr(h, "__qualname__", "") for h in hooks.values()):
                 return False
     return True
+
+
+def _global_hooks() -> bool:
+    mod = torch.nn.modules.module
+    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks or mod._global_backward_hooks
+                or mod._global_backward_pre_hooks)
+
+
+def _call(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """m(x): the module's forward itself when it has no hooks (`usable` has checked there are no global ones), so
+    the step skips nn.Module's call machinery (two Python frames and eight checks per module call); through its
+    hooks otherwise."""
+    if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+        return m(x)
+    return m.forward(x)
 
 
 # What each mirrored forward (the LM, its decoder stack, a layer, its attention) must contain, in this order (a
@@ -168,20 +183,20 @@ def forward(p: _Plan, embeds: torch.Tensor, mask: torch.Tensor, positions: torch
     causal = _mask(p, embeds, mask, positions, cache)
     hidden: list[torch.Tensor] = []
     if p.family == "gpt2":
-        h = embeds + p.base.wpe(positions).to(embeds.device)
+        h = embeds + _call(p.base.wpe, positions).to(embeds.device)
         for layer in p.layers:
             hidden.append(h)
             h = _gpt2_layer(p, layer, h, causal, cache)
-        h = p.base.ln_f(h)
+        h = _call(p.base.ln_f, h)
     else:
         h = embeds
         rope = p.base.rotary_emb(h, position_ids=positions)
         for layer in p.layers:
             hidden.append(h)
             h = _llama_layer(p, layer, h, causal, cache, rope)
-        h = p.base.norm(h)
+        h = _call(p.base.norm, h)
     hidden.append(h)
-    logits = p.head(h[:, -logits_to_keep:, :] if logits_to_keep else h)
+    logits = _call(p.head, h[:, -logits_to_keep:, :] if logits_to_keep else h)
     return _Output(logits, tuple(hidden) if want_hidden else None, cache)
 
 
@@ -194,30 +209,30 @@ def _attention(p: _Plan, attn, q, k, v, causal, cache, proj):
     """Both families' tail of the attention: the cache update, HF's SDPA function, the output projection."""
     k, v = cache.update(k, v, attn.layer_idx)
     out, _ = p.attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
-    return proj(out.reshape(*out.shape[:-2], -1).contiguous())
+    return _call(proj, out.reshape(*out.shape[:-2], -1).contiguous())
 
 
 def _gpt2_layer(p: _Plan, block, h, causal, cache):
     residual = h
-    x = block.ln_1(h)
+    x = _call(block.ln_1, h)
     attn = block.attn
-    q, k, v = attn.c_attn(x).split(attn.split_size, dim=2)
+    q, k, v = _call(attn.c_attn, x).split(attn.split_size, dim=2)
     shape_kv = (*k.shape[:-1], -1, attn.head_dim)
     k = k.view(shape_kv).transpose(1, 2)
     v = v.view(shape_kv).transpose(1, 2)
     q = q.view((*q.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
     h = _attention(p, attn, q, k, v, causal, cache, attn.c_proj) + residual
-    return h + block.mlp(block.ln_2(h))
+    return h + _call(block.mlp, _call(block.ln_2, h))
 
 
 def _llama_layer(p: _Plan, layer, h, causal, cache, rope):
     residual = h
-    x = layer.input_layernorm(h)
+    x = _call(layer.input_layernorm, h)
     attn = layer.self_attn
     shape = (*x.shape[:-1], -1, attn.head_dim)
-    q = attn.q_proj(x).view(shape).transpose(1, 2)
-    k = attn.k_proj(x).view(shape).transpose(1, 2)
-    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    q = _call(attn.q_proj, x).view(shape).transpose(1, 2)
+    k = _call(attn.k_proj, x).view(shape).transpose(1, 2)
+    v = _call(attn.v_proj, x).view(shape).transpose(1, 2)
     q, k = p.rotary(q, k, *rope)
     h = residual + _attention(p, attn, q, k, v, causal, cache, attn.o_proj)
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+    return h + _call(layer.mlp, _call(layer.post_attention_layernorm, h))
