@@ -72,6 +72,20 @@ def _padded_start(model):
     return output_cache(out), mask, pos[:, -1] + 1
 
 
+def _one_step(model, p, between=None):
+    """HF's forward and the lean step of one new position after HF's padded prefill (`between()` runs between the
+    two): (lean output, HF output, the step's (embeds, mask, positions), the lean step's cache)."""
+    cache, mask, nxt = _padded_start(model)
+    mine = copy.deepcopy(cache)
+    embeds = torch.randn(3, 1, 48)
+    mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
+    ref = _hf(model, embeds, mask, nxt[:, None], cache)
+    if between is not None:
+        between()
+    got = fastpath.forward(p, embeds, mask, nxt[:, None], mine, True)
+    return got, ref, (embeds, mask, nxt[:, None]), mine
+
+
 def _same_cache(a, b):
     assert len(a.layers) == len(b.layers)
     for x, y in zip(a.layers, b.layers):
@@ -163,15 +177,9 @@ def test_hooks_the_lean_step_meets_still_run_and_global_hooks_send_it_to_hf():
     p = _plan_or_skip(model)
     seen = []
     handle = model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    assert fastpath.usable(p)
     with torch.inference_mode():
-        cache, mask, nxt = _padded_start(model)
-        mine = copy.deepcopy(cache)
-        embeds = torch.randn(3, 1, 48)
-        mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
-        ref = _hf(model, embeds, mask, nxt[:, None], cache)
-        seen.clear()
-        assert fastpath.usable(p)
-        got = fastpath.forward(p, embeds, mask, nxt[:, None], mine, True)
+        got, ref, _, _ = _one_step(model, p, between=seen.clear)
     handle.remove()
     assert seen == [torch.Size([3, 1, 48])] and torch.equal(got.logits, ref.logits)
     handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
@@ -195,15 +203,10 @@ def test_lora_model_steps_through_its_adapters():
     p = _plan_or_skip(lora)
     assert fastpath.usable(p)
     with torch.inference_mode():
-        cache, mask, nxt = _padded_start(lora)
-        mine = copy.deepcopy(cache)
-        embeds = torch.randn(3, 1, 48)
-        mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
-        ref = _hf(lora, embeds, mask, nxt[:, None], cache)
-        got = fastpath.forward(p, embeds, mask, nxt[:, None], mine, True)
+        got, ref, step, mine = _one_step(lora, p)
         assert torch.equal(got.logits, ref.logits)
         with lora.disable_adapter():
-            base = _hf(lora, embeds, mask, nxt[:, None], copy.deepcopy(mine))
+            base = _hf(lora, *step, copy.deepcopy(mine))
         assert not torch.allclose(got.logits, base.logits)
 
 
