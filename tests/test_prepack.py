@@ -151,6 +151,13 @@ def test_gpt2_mlp_product_and_gelu_in_one_call_equal_hf():
     torch.testing.assert_close(fused, formula, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hf, formula, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(small, formula[:1, :2], atol=1e-5, rtol=1e-5)
+    seen = []
+    for module in (mlp.c_fc, mlp.act):  # a hooked c_fc or activation: no fused call, so both hooks run
+        handle = module.register_forward_hook(lambda m, a, out: seen.append(type(m).__name__))
+        with torch.no_grad(), prepacked():
+            torch.testing.assert_close(mlp(x), formula, atol=1e-5, rtol=1e-5)
+        handle.remove()
+    assert seen == ["PackedConv1D", "FusedTanhGELU"]
     unpack(mlp)
     assert type(mlp) is GPT2MLP
 

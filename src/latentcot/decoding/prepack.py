@@ -146,11 +146,13 @@ def _packed_gpt2_mlp() -> tuple[type, type]:
     class PackedGPT2MLP(GPT2MLP):
         """GPT-2's MLP with its first product and its GELU in one oneDNN call (the GELU applied as the product is
         written: one pass over the (rows, 4d) activations fewer), where its `c_fc` would be packed and its
-        activation is `FusedTanhGELU`; HF's own forward everywhere else."""
+        activation is `FusedTanhGELU`, neither with hooks (the fused call would skip them); HF's own forward
+        everywhere else."""
 
         def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-            fc = self.c_fc
-            if type(self.act) is FusedTanhGELU and type(fc) is PackedConv1D:
+            fc, act = self.c_fc, self.act
+            if (type(act) is FusedTanhGELU and type(fc) is PackedConv1D and not fc._forward_hooks
+                    and not fc._forward_pre_hooks and not act._forward_hooks and not act._forward_pre_hooks):
                 h = _packed_product(fc, hidden_states, fc.weight, fc.bias, True, gelu=True)
                 if h is not None:
                     h = self.c_proj(h)
