@@ -151,8 +151,7 @@ def _packed_gpt2_mlp() -> tuple[type, type]:
 
         def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
             fc, act = self.c_fc, self.act
-            if (type(act) is FusedTanhGELU and type(fc) is PackedConv1D and not fc._forward_hooks
-                    and not fc._forward_pre_hooks and not act._forward_hooks and not act._forward_pre_hooks):
+            if type(act) is FusedTanhGELU and type(fc) is PackedConv1D and not _hooked(fc) and not _hooked(act):
                 h = _packed_product(fc, hidden_states, fc.weight, fc.bias, True, gelu=True)
                 if h is not None:
                     h = self.c_proj(h)
@@ -160,6 +159,13 @@ def _packed_gpt2_mlp() -> tuple[type, type]:
             return super().forward(hidden_states)
 
     return GPT2MLP, PackedGPT2MLP
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether a call of m runs forward hooks (its own or global ones)."""
+    glob = torch.nn.modules.module
+    return bool(m._forward_hooks or m._forward_pre_hooks or glob._global_forward_hooks
+                or glob._global_forward_pre_hooks)
 
 
 def prepare(model: nn.Module, min_size: int | None = None) -> int:
