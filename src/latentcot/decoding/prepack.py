@@ -41,6 +41,8 @@ from torch import nn
 from transformers.activations import NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
+from latentcot.models.fastpath import global_hooks, own_hooks
+
 PACK_MIN = 1 << 18  # weights with at least this many entries are packed in every call (512 x 512 and up)
 PACK_WORK = 1 << 21  # a smaller weight is packed for a call of at least this many multiply-adds (rows x entries)
 PACK_FLOOR = 1 << 12  # weights with fewer entries are never packed (64 x 64 and up can be)
@@ -75,29 +77,21 @@ def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.
     """x @ W^T + bias with m's packed copy of W (`w` is W, or W^T when `transposed`), made at the first call and
     again when the weight changes; None outside `prepacked`, with gradients, off the CPU, in another dtype than
     float32, or when the call is too small to gain (`packs`, see the module docstring). `gelu`: the tanh-approximate
-    GELU of the product, applied by oneDNN as the product is written. It runs for every linear layer in every engine
-    call, so its checks are written out here rather than called."""
+    GELU of the product, applied by oneDNN as the product is written."""
     if not (getattr(_state, "on", False) and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
             and not torch.is_grad_enabled()):
         return None
-    d = m.__dict__
-    if not d.get("_always", False) and x.numel() // max(1, x.shape[-1]) * w.numel() < PACK_WORK:
+    if not packs(m, x.numel() // max(1, x.shape[-1])):
         return None
     key = (w.data_ptr(), w._version)
-    packed = d.get("_packed")
+    packed = m.__dict__.get("_packed")
     if packed is None or packed[0] != key:
         weight = w.detach().t().contiguous() if transposed else w.detach()
         packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS))
-        d["_packed"] = packed  # not a parameter or buffer: never saved, never moved
+        m.__dict__["_packed"] = packed  # not a parameter or buffer: never saved, never moved
     if gelu:
-        return _linear_pointwise()(x, packed[1], bias, "gelu", [], "tanh")
-    return _linear_pointwise()(x, packed[1], bias, "none", [], "")
-
-
-@functools.cache
-def _linear_pointwise():
-    """oneDNN's linear op itself (its default overload: one Python call fewer than the op's packet)."""
-    return torch.ops.mkldnn._linear_pointwise.default
+        return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "gelu", [], "tanh")
+    return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "none", [], "")
 
 
 class PackedLinear(nn.Linear):
@@ -151,7 +145,8 @@ def _packed_gpt2_mlp() -> tuple[type, type]:
 
         def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
             fc, act = self.c_fc, self.act
-            if type(act) is FusedTanhGELU and type(fc) is PackedConv1D and not _hooked(fc) and not _hooked(act):
+            if (type(act) is FusedTanhGELU and type(fc) is PackedConv1D and not own_hooks(fc) and not own_hooks(act)
+                    and not global_hooks()):
                 h = _packed_product(fc, hidden_states, fc.weight, fc.bias, True, gelu=True)
                 if h is not None:
                     h = self.c_proj(h)
@@ -159,13 +154,6 @@ def _packed_gpt2_mlp() -> tuple[type, type]:
             return super().forward(hidden_states)
 
     return GPT2MLP, PackedGPT2MLP
-
-
-def _hooked(m: nn.Module) -> bool:
-    """Whether a call of m runs forward hooks (its own or global ones)."""
-    glob = torch.nn.modules.module
-    return bool(m._forward_hooks or m._forward_pre_hooks or glob._global_forward_hooks
-                or glob._global_forward_pre_hooks)
 
 
 def prepare(model: nn.Module, min_size: int | None = None) -> int:

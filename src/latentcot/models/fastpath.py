@@ -103,7 +103,7 @@ def _make_plan(model: torch.nn.Module) -> _Plan | None:
 def usable(p: _Plan | None) -> bool:
     """Whether the lean step may run now: a plan, eval mode, no global module hooks, no jit tracing, and no hook on a
     module whose forward it skips (HF's own output-capturing hooks aside: they record only inside HF's forward)."""
-    if p is None or p.base.training or torch._C._get_tracing_state() or _global_hooks():
+    if p is None or p.base.training or torch._C._get_tracing_state() or global_hooks():
         return False
     for m in p.skipped:
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
@@ -112,19 +112,23 @@ def usable(p: _Plan | None) -> bool:
     return True
 
 
-def _global_hooks() -> bool:
+def global_hooks() -> bool:
+    """Whether global module hooks are registered (nn.Module then runs them on every module's call)."""
     mod = torch.nn.modules.module
     return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks or mod._global_backward_hooks
                 or mod._global_backward_pre_hooks)
 
 
+def own_hooks(m: torch.nn.Module) -> bool:
+    """Whether module m has hooks of its own. With neither these nor `global_hooks`, calling m is calling its
+    forward: nn.Module's own fast path checks exactly these."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
 def _call(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """m(x): the module's forward itself when it has no hooks (`usable` has checked there are no global ones), so
-    the step skips nn.Module's call machinery (two Python frames and eight checks per module call); through its
-    hooks otherwise."""
-    if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
-        return m(x)
-    return m.forward(x)
+    the step skips nn.Module's call machinery; through its hooks otherwise."""
+    return m(x) if own_hooks(m) else m.forward(x)
 
 
 # What each mirrored forward (the LM, its decoder stack, a layer, its attention) must contain, in this order (a
