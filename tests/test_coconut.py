@@ -324,7 +324,8 @@ def test_thought_stride_positions_equal_in_training_and_generation(stride: int) 
     seen.clear()
     with torch.no_grad():
         state = m.latent_state(exs, task)
-    gen_pos = [[int(c[b, 0]) for c in seen[-(n + 1):]] for b in range(2)]  # n thoughts, then <eot>
+    assert [c.shape[1] for c in seen[-n:]] == [1] * (n - 1) + [2]  # the last thought and <eot> in one call
+    gen_pos = [[int(p) for c in seen[-n:] for p in c[b]] for b in range(2)]  # n thoughts, then <eot>
     assert train_pos == want and gen_pos == want
     torch.testing.assert_close(state.logits, ro.out.logits[:, 0].float(), atol=1e-5, rtol=1e-4)
     bb = m.backbone.model

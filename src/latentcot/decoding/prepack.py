@@ -25,14 +25,14 @@ copy of the packed weights in memory (smollm2: ~540 MB with its tied LM head).
 
 The same context also computes GPT-2's tanh-approximate GELU (HF's `gelu_new`, seven elementwise operations) with
 torch's one fused kernel (`FusedTanhGELU`): the same function up to float rounding, and on the demo's tiny GPT-2 the
-activation was 17% of a batched Coconut generation (`bench/coconut.py`).
+activation was 17% of a batched Coconut generation (`bench/coconut.py`), and the lean model call computes small
+attention calls as batched products (`latentcot.models.kernels`, whose switch this context is).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from collections.abc import Iterator
 
 import torch
@@ -41,14 +41,13 @@ from torch import nn
 from transformers.activations import NewGELUActivation
 from transformers.pytorch_utils import Conv1D
 
+from latentcot.models import kernels
 from latentcot.models.fastpath import global_hooks, own_hooks
 
 PACK_MIN = 1 << 18  # weights with at least this many entries are packed in every call (512 x 512 and up)
 PACK_WORK = 1 << 21  # a smaller weight is packed for a call of at least this many multiply-adds (rows x entries)
 PACK_FLOOR = 1 << 12  # weights with fewer entries are never packed (64 x 64 and up can be)
 PACK_ROWS = 32  # the batch size oneDNN lays the packed weight out for (any batch size works with it)
-
-_state = threading.local()
 
 
 @functools.cache
@@ -63,7 +62,7 @@ def available() -> bool:
 
 
 def _active() -> bool:
-    return getattr(_state, "on", False)
+    return getattr(kernels.state, "on", False)
 
 
 def packs(m: nn.Module, rows: int) -> bool:
@@ -78,7 +77,7 @@ def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.
     again when the weight changes; None outside `prepacked`, with gradients, off the CPU, in another dtype than
     float32, or when the call is too small to gain (`packs`, see the module docstring). `gelu`: the tanh-approximate
     GELU of the product, applied by oneDNN as the product is written."""
-    if not (getattr(_state, "on", False) and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
+    if not (getattr(kernels.state, "on", False) and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
             and not torch.is_grad_enabled()):
         return None
     if not packs(m, x.numel() // max(1, x.shape[-1])):
@@ -180,13 +179,13 @@ def prepare(model: nn.Module, min_size: int | None = None) -> int:
 
 @contextlib.contextmanager
 def prepacked(on: bool = True) -> Iterator[None]:
-    """Within this context (on this thread), `PackedLinear` / `PackedConv1D` layers use their packed weights."""
-    before = _active()
-    _state.on = on
+    """Within this context (on this thread), `PackedLinear` / `PackedConv1D` layers use their packed weights (and
+    the engine's other CPU kernel choices apply: `FusedTanhGELU`, `kernels.attention`)."""
+    before = kernels.set_active(on)
     try:
         yield
     finally:
-        _state.on = before
+        kernels.state.on = before
 
 
 def unpack(model: nn.Module) -> None:

@@ -106,16 +106,25 @@ def think(
     to_input: Callable[[torch.Tensor], torch.Tensor],
     record: list[torch.Tensor] | None = None,
     stride: int = 1,
+    then: torch.Tensor | None = None,
 ) -> DecodeState:
     """Generation: n cached latent steps, each input = to_input(last hidden state). `record` collects the
     (B, V) logits at the state each thought is made from (for probes). `stride`: position ids each thought advances
-    by (as `rollout`'s: thought j at P + stride*(j+1) - 1, the next token at P + stride*n). Runs in inference mode,
-    like the engine's calls, so `to_input`'s trainable modules never record a graph over the engine's tensors."""
+    by (as `rollout`'s: thought j at P + stride*(j+1) - 1, the next token at P + stride*n). `then` (B, m, d): inputs
+    fed right after the last thought, in the same cached call (the `<eot>` embedding; the last thought's own hidden
+    state is never used, so this saves a model call per batch, as the official Coconut loop does); the state returned
+    is then the one after them, without a hidden state. Runs in inference mode, like the engine's calls, so
+    `to_input`'s trainable modules never record a graph over the engine's tensors."""
     with torch.inference_mode():
-        for _ in range(n):
+        for j in range(n):
             if record is not None:
                 record.append(state.logits.clone())
             if stride != 1:
                 state.next_position = state.next_position + (stride - 1)
-            state = engine.step(state, to_input(state.hidden), want_hidden=True)
+            thought = to_input(state.hidden)
+            if then is not None and j == n - 1:
+                return engine.step(state, torch.cat([thought[:, None], then.to(thought.dtype)], dim=1))
+            state = engine.step(state, thought, want_hidden=True)
+        if then is not None:  # no thoughts: `then` alone
+            state = engine.step(state, then)
     return state

@@ -90,8 +90,9 @@ class Coconut(CurriculumMethod):
         """h (B, d) as it is, or at the mean input-embedding row norm (`thought_norm=embedding`)."""
         return at_thought_norm(self.backbone, h, self.cfg.thought_norm)
 
-    def think_steps(self, state: DecodeState, n: int, record: list[torch.Tensor] | None = None) -> DecodeState:
-        return think(self.engine, state, n, self.to_input, record, self.cfg.thought_stride)
+    def think_steps(self, state: DecodeState, n: int, record: list[torch.Tensor] | None = None,
+                    then: torch.Tensor | None = None) -> DecodeState:
+        return think(self.engine, state, n, self.to_input, record, self.cfg.thought_stride, then)
 
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         plans = [self.plan(ex, task) for ex in examples]

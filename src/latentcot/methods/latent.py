@@ -115,15 +115,18 @@ class LatentMethod(Method):
     def prefix(self, ex: Example, task: Task) -> list[Piece]:
         return [tokens(self.prompt_ids(ex, task)), tokens([self.bot_id])]
 
-    def think_steps(self, state: DecodeState, n: int, record: list[torch.Tensor] | None = None) -> DecodeState:
-        return think(self.engine, state, n, self.to_input, record)
+    def think_steps(self, state: DecodeState, n: int, record: list[torch.Tensor] | None = None,
+                    then: torch.Tensor | None = None) -> DecodeState:
+        """n latent steps from `state`; `then` (B, m, d): inputs fed in the same call as the last one (`think`)."""
+        return think(self.engine, state, n, self.to_input, record, then=then)
 
     def latent_state(self, examples: Sequence[Example], task: Task, record: list[torch.Tensor] | None = None):
-        """Prefill [prompt, <bot>], take the thoughts, feed <eot>: the state the answer is decoded from."""
+        """Prefill [prompt, <bot>], take the thoughts, feed <eot> (with the last thought, in one call): the state the
+        answer is decoded from."""
         state = self.engine.prefill(self.splice_rows([self.prefix(ex, task) for ex in examples]), want_hidden=True)
-        state = self.think_steps(state, self.eval_thoughts, record)
-        eot = torch.full((state.batch_size,), self.eot_id, dtype=torch.long, device=state.logits.device)
-        return self.engine.step_tokens(state, eot)
+        eot = torch.full((state.batch_size, 1), self.eot_id, dtype=torch.long, device=state.logits.device)
+        with torch.inference_mode():
+            return self.think_steps(state, self.eval_thoughts, record, then=self.backbone.embed(eot))
 
     refills = True
 

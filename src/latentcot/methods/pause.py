@@ -32,11 +32,15 @@ class Pause(CurriculumMethod):
         (self.pause_id,) = backbone.add_tokens([PAUSE])  # before the base class may wrap the model in LoRA
         super().__init__(cfg, backbone)
 
-    def think_steps(self, state: DecodeState, n: int, record: list[torch.Tensor] | None = None) -> DecodeState:
-        if n == 0:
-            return state
+    def think_steps(self, state: DecodeState, n: int, record: list[torch.Tensor] | None = None,
+                    then: torch.Tensor | None = None) -> DecodeState:
         ids = torch.full((state.batch_size, n), self.pause_id, dtype=torch.long, device=state.logits.device)
-        return self.engine.step_tokens(state, ids)  # (B, n) positions in one cached step
+        embeds = self.backbone.embed(ids)
+        if then is not None:
+            embeds = torch.cat([embeds, then.to(embeds.dtype)], dim=1)
+        if embeds.shape[1] == 0:
+            return state
+        return self.engine.step(state, embeds)  # the n pauses (and `then`) in one cached step
 
     def loss(self, examples: Sequence[Example], task: Task) -> LossOutput:
         rows = []

@@ -9,7 +9,9 @@ supported model as a plain loop over its layers. It calls the same submodules (s
 layers of `decoding.prepack` and the fused GPT-2 MLP apply as in HF's forward), HF's own mask function, rotary
 embedding, `apply_rotary_pos_emb` and SDPA attention function, with the same arguments in the same order, so every
 kernel sees the same inputs: logits, the last hidden state and the cache are bitwise HF's
-(`tests/test_fastpath.py` compares them with `torch.equal` on padded batches, for every supported family).
+(`tests/test_fastpath.py` compares them with `torch.equal` on padded batches, for every supported family). The one
+exception is a choice of kernel, not of function: inside the engine's CPU switch (`decoding.prepack.prepacked`) a
+small attention call runs as `kernels.attention`, HF's SDPA function up to float rounding (`kernels.fits`).
 
 Supported: `GPT2LMHeadModel`, `LlamaForCausalLM` and `Qwen2ForCausalLM` with SDPA attention, in eval mode, with
 the plain options of their configs (no cross-attention, GPT-2's attention scaling by the head size only, Qwen2
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 
+from latentcot.models import kernels
 from latentcot.models.compat import cache_name
 
 
@@ -212,7 +215,8 @@ def _mask(p: _Plan, embeds, mask, positions, cache):
 def _attention(p: _Plan, attn, q, k, v, causal, cache, proj):
     """Both families' tail of the attention: the cache update, HF's SDPA function, the output projection."""
     k, v = cache.update(k, v, attn.layer_idx)
-    out, _ = p.attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
+    attend = kernels.attention if kernels.fits(q, k, causal) else p.attend  # small calls: batched products (CPU)
+    out, _ = attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
     return _call(proj, out.reshape(*out.shape[:-2], -1).contiguous())
 
 

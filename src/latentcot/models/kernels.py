@@ -1,0 +1,98 @@
+"""CPU kernel choices inside the engine's calls: the switch `decoding.prepack.prepacked` turns on, and attention by
+two batched matrix products for calls too small for SDPA's flash kernel.
+
+On CPU, torch's scaled-dot-product attention runs its flash kernel for float32 inputs. The kernel splits the work
+into blocks of queries per batch row and head and runs them on the intra-op threads, with buffers per thread; for
+a decode step or a short prefill of a small model that set-up is most of the call. Measured by
+`python bench/attention.py` (README, "Session 39"): with 2 threads a prefill of 16 positions x 32 rows of the
+demo's GPT-2 (4 heads of 32) took 324 us in the flash kernel and 135 us as `bmm`, softmax, `bmm`, and a step of two
+positions after a cache (a mask, so no causal shortcut) 284 us against 95 us.
+
+`attention` is HF's SDPA attention function (`transformers.integrations.sdpa_attention.sdpa_attention_forward`)
+computed that way: the same arguments, the same masks (a boolean mask, True = attend; None = causal for several
+queries, HF's convention: top-left, keys cut to the query count), grouped-query heads without repeating the keys
+(the query heads of one key/value head are stacked as rows of one product), and rows that may attend to nothing
+give zeros, as SDPA does. It sums in another order than the flash kernel, so values differ in the last bits (2e-7
+to 5e-7 on the bench's shapes); the engine's benches check that greedy tokens stay the same (`bench/coconut.py`,
+`bench/decode.py`, `bench/throughput.py`). `fits` says which calls take it: float32 CPU calls inside the switch,
+without gradients, up to `SMALL_SCORES` attention scores per key/value head and batch row; everything else is HF's
+function, and outside the engine (training, HF's own forward) nothing changes. `run.cpu_prepack=false` turns it off
+with the packed layers.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+SMALL_SCORES = 4096  # at most this many scores (queries x keys) per key/value head and batch row, and
+MIN_HEAD_ROWS = 64  # at least this many (batch row, query head) pairs: `attention` replaces the flash kernel
+
+state = threading.local()  # .on: the switch, per thread
+_NEG = float("-inf")
+
+
+def active() -> bool:
+    """Whether the engine's CPU kernel choices are on (inside `decoding.prepack.prepacked`, on this thread)."""
+    return getattr(state, "on", False)
+
+
+def set_active(on: bool) -> bool:
+    """Turns the choices on or off on this thread; returns the setting before."""
+    before = active()
+    state.on = on
+    return before
+
+
+def fits(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether `attention` computes this call: the switch on, CPU, float32, no gradients, a boolean mask shared by
+    the heads (or none), at least `MIN_HEAD_ROWS` batch rows x query heads (below that the flash kernel's set-up is
+    small and its one call beats three) and at most `SMALL_SCORES` scores per key/value head and batch row (above
+    that the flash kernel's blocks win)."""
+    if not (getattr(state, "on", False) and query.dtype is torch.float32 and query.is_cpu
+            and not torch.is_grad_enabled()):
+        return False
+    if mask is not None and (mask.dtype is not torch.bool or mask.dim() != 4 or mask.shape[1] != 1):
+        return False
+    heads, kv_heads = query.shape[1], key.shape[1]
+    return (heads % kv_heads == 0 and query.shape[0] * heads >= MIN_HEAD_ROWS
+            and (heads // kv_heads) * query.shape[2] * key.shape[2] <= SMALL_SCORES)
+
+
+_upper: dict[int, torch.Tensor] = {}
+
+
+def _future(n: int) -> torch.Tensor:
+    """(n, n) True above the diagonal: the keys a causal query may not see."""
+    m = _upper.get(n)
+    if m is None:
+        m = _upper[n] = torch.ones(n, n, dtype=torch.bool).triu(1)
+    return m
+
+
+def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+              **kwargs) -> tuple[torch.Tensor, None]:
+    """HF's SDPA attention function as `bmm`, softmax, `bmm`: query (B, H, n, d), key and value (B, Hkv, T, d)
+    -> ((B, n, H, d) contiguous, None). Inference only (`dropout` must be 0)."""
+    if dropout:
+        raise ValueError("kernels.attention is for inference: dropout must be 0")
+    B, H, n, d = query.shape
+    kv = key.shape[1]
+    g = H // kv
+    if attention_mask is None and n > 1:  # HF: causal from the first key, keys cut to the query count
+        key, value = key[:, :, :n], value[:, :, :n]
+    T = key.shape[2]
+    q = query.reshape(B * kv, g * n, d)  # the g query heads of one key/value head, stacked as rows
+    scores = torch.bmm(q, key.reshape(B * kv, T, d).transpose(1, 2))  # (B * kv, g * n, T)
+    scores.mul_(d**-0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores.view(B, kv, g, n, T).masked_fill_(attention_mask[:, :, None].logical_not(), _NEG)
+        probs = torch.ops.aten._safe_softmax(scores, -1)  # a row that may attend to nothing gives zeros, as SDPA
+    else:
+        if n > 1:
+            scores.view(B * kv, g, n, T).masked_fill_(_future(n), _NEG)
+        probs = torch.softmax(scores, -1)
+    out = torch.bmm(probs, value.reshape(B * kv, T, d))  # (B * kv, g * n, d)
+    return out.view(B, H, n, d).transpose(1, 2).contiguous(), None
