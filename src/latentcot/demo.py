@@ -297,7 +297,10 @@ def _cost(arm: Arm) -> float:
 
 
 def _worker_init() -> None:
+    from latentcot.heap import keep_freed_memory
+
     torch.set_num_threads(1)  # tiny models: one process per core beats threads within one process
+    keep_freed_memory()  # a spawned worker starts with glibc's defaults (latentcot.heap)
 
 
 def _timed_arm(s: DemoSettings, task_name: str, arm: Arm, out: Path, progress: bool) -> dict[str, Any]:

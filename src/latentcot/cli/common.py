@@ -109,7 +109,10 @@ def guarded(call: Callable[[], int | None], name: str, resumable: bool = False) 
 
 def run_script(main: Callable[[], None], resumable: bool = False) -> None:
     """Runs a script's `main` (a bench, a recipe) through `guarded`, named after the script, and exits with its
-    status."""
+    status. Like the `latentcot` command, a script keeps freed heap memory for reuse (`latentcot.heap`)."""
+    from latentcot.heap import keep_freed_memory
+
+    keep_freed_memory()
     raise SystemExit(guarded(main, Path(sys.argv[0]).name, resumable))
 
 

@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         for category in (DeprecationWarning, FutureWarning):
             warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|accelerate)(\.|$)")
     from latentcot.cli.common import guarded
+    from latentcot.heap import keep_freed_memory
 
+    keep_freed_memory()  # the process is ours: no page faults for memory freed and taken again (latentcot.heap)
     return guarded(lambda: args._module.run(args), f"latentcot {args.command}", resumable=True)
 
 
