@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/throughput.py
 	$(PY) bench/streams.py
 	$(PY) bench/prepack.py
+	$(PY) bench/attention.py
 	$(PY) bench/profile_step.py
 
 clean:

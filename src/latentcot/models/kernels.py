@@ -4,9 +4,11 @@ two batched matrix products for calls too small for SDPA's flash kernel.
 On CPU, torch's scaled-dot-product attention runs its flash kernel for float32 inputs. The kernel splits the work
 into blocks of queries per batch row and head and runs them on the intra-op threads, with buffers per thread; for
 a decode step or a short prefill of a small model that set-up is most of the call. Measured by
-`python bench/attention.py` (README, "Session 39"): with 2 threads a prefill of 16 positions x 32 rows of the
-demo's GPT-2 (4 heads of 32) took 324 us in the flash kernel and 135 us as `bmm`, softmax, `bmm`, and a step of two
-positions after a cache (a mask, so no causal shortcut) 284 us against 95 us.
+`python bench/attention.py` (README, "Session 39"; 2 threads): a prefill of 16 positions x 32 rows of the demo's
+GPT-2 (4 heads of 32) took 426 us in the flash kernel and 219 us as `bmm`, softmax, `bmm`, a step of two positions
+after a cache (with a mask) 415 against 198 us, a decode step of smollm2 at 32 rows 1.24-1.39x faster this way;
+at one row, or for long prefills, the flash kernel wins (0.27-0.96x), and the rule below keeps it there. Of the
+calls the rule takes, one lost in that run: tiny-llama's 16-position prefill at 32 rows (0.71x, ~55 us).
 
 `attention` is HF's SDPA attention function (`transformers.integrations.sdpa_attention.sdpa_attention_forward`)
 computed that way: the same arguments, the same masks (a boolean mask, True = attend; None = causal for several
@@ -26,7 +28,7 @@ import threading
 
 import torch
 
-SMALL_SCORES = 4096  # at most this many scores (queries x keys) per key/value head and batch row, and
+SMALL_SCORES = 1024  # at most this many scores (queries x keys) per key/value head and batch row, and
 MIN_HEAD_ROWS = 64  # at least this many (batch row, query head) pairs: `attention` replaces the flash kernel
 
 state = threading.local()  # .on: the switch, per thread
