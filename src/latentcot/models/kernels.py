@@ -15,11 +15,11 @@ computed that way: the same arguments, the same masks (a boolean mask, True = at
 queries, HF's convention: top-left, keys cut to the query count), grouped-query heads without repeating the keys
 (the query heads of one key/value head are stacked as rows of one product), and rows that may attend to nothing
 give zeros, as SDPA does. It sums in another order than the flash kernel, so values differ in the last bits (2e-7
-to 5e-7 on the bench's shapes); the engine's benches check that greedy tokens stay the same (`bench/coconut.py`,
-`bench/decode.py`, `bench/throughput.py`). `fits` says which calls take it: float32 CPU calls inside the switch,
-without gradients, up to `SMALL_SCORES` attention scores per key/value head and batch row; everything else is HF's
-function, and outside the engine (training, HF's own forward) nothing changes. `run.cpu_prepack=false` turns it off
-with the packed layers.
+to 5e-7 on the bench's shapes); the engine's benches check that greedy tokens stay the same (`bench/coconut.py`
+against the cache-less loop, `bench/throughput.py` against HF `generate()`). `fits` says which calls take it: float32
+CPU calls inside the switch, without gradients, with at least `MIN_HEAD_ROWS` batch rows x query heads and at most
+`SMALL_SCORES` attention scores per key/value head and batch row; everything else is HF's function, and outside the
+engine (training, HF's own forward) nothing changes. `run.cpu_prepack=false` turns it off with the packed layers.
 """
 
 from __future__ import annotations
