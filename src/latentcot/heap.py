@@ -3,10 +3,10 @@
 glibc's malloc serves a block of 128 KiB and more with fresh pages from `mmap` (a threshold it raises as such blocks
 are freed, up to 32 MiB) and gives the top of its heap back to the OS once more than twice that threshold is free.
 A decode loop allocates and frees the same tensors batch after batch (activations, the KV cache's buffers), so every
-batch faults its pages in again: on the demo's Coconut at 32 rows (a 4-layer GPT-2), ~450 page faults in the prefill
-and ~750 in the first thought step, about a tenth of a batch on the machine of README "Session 39" (glibc's
-`MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` took `bench/coconut.py --batch 32` from 17.6-19.1x to
-21.7-22.9x there). vLLM's CPU backend asks for another allocator (tcmalloc) for the same reason.
+batch faults its pages in again (on the demo's Coconut at 32 rows: in the prefill and in the first thought step,
+whose KV buffers are new). On the machine of README "Session 39", glibc's `MALLOC_MMAP_THRESHOLD_` /
+`MALLOC_TRIM_THRESHOLD_` set to the values below took `bench/coconut.py --batch 32` from 17.6-19.1x to 21.7-22.9x.
+vLLM's CPU backend asks for another allocator (tcmalloc) for the same reason.
 
 `keep_freed_memory()` fixes the two thresholds (mmap from 32 MiB, trim above 512 MiB free) with glibc's `mallopt`.
 It changes the whole process, so the library never calls it on import: the `latentcot` command, its demo workers and
