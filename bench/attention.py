@@ -66,7 +66,7 @@ def cell(model: str, batch: int, n: int, T: int, rounds: int) -> str:
     t = timed({"hf": hf, "ours": ours}, rounds)
     before = kernels.set_active(True)
     rule = kernels.fits(q, k, mask)
-    kernels.state.on = before
+    kernels.set_active(before)
     return f"{t['hf']:.0f} / {t['ours']:.0f} ({t['hf'] / t['ours']:.2f}x, {diff:.0e}){' *' if rule else ''}"
 
 

@@ -61,10 +61,6 @@ def available() -> bool:
         return False
 
 
-def _active() -> bool:
-    return getattr(kernels.state, "on", False)
-
-
 def packs(m: nn.Module, rows: int) -> bool:
     """Whether a layer `prepare` converted multiplies a call of `rows` rows packed: always (marked so by `prepare`:
     `min_size` entries and up) or when the call reaches `PACK_WORK` multiply-adds."""
@@ -77,7 +73,7 @@ def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.
     again when the weight changes; None outside `prepacked`, with gradients, off the CPU, in another dtype than
     float32, or when the call is too small to gain (`packs`, see the module docstring). `gelu`: the tanh-approximate
     GELU of the product, applied by oneDNN as the product is written."""
-    if not (getattr(kernels.state, "on", False) and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
+    if not (kernels.active() and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
             and not torch.is_grad_enabled()):
         return None
     if not packs(m, x.numel() // max(1, x.shape[-1])):
@@ -125,7 +121,7 @@ class FusedTanhGELU(NewGELUActivation):
     gradients, other devices) it is HF's own forward, bitwise as before."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _active() and not torch.is_grad_enabled() and x.device.type == "cpu":
+        if kernels.active() and not torch.is_grad_enabled() and x.device.type == "cpu":
             return F.gelu(x, approximate="tanh")
         return super().forward(x)
 
@@ -185,7 +181,7 @@ def prepacked(on: bool = True) -> Iterator[None]:
     try:
         yield
     finally:
-        kernels.state.on = before
+        kernels.set_active(before)
 
 
 def unpack(model: nn.Module) -> None:

@@ -125,8 +125,7 @@ class LatentMethod(Method):
         answer is decoded from."""
         state = self.engine.prefill(self.splice_rows([self.prefix(ex, task) for ex in examples]), want_hidden=True)
         eot = torch.full((state.batch_size, 1), self.eot_id, dtype=torch.long, device=state.logits.device)
-        with torch.inference_mode():
-            return self.think_steps(state, self.eval_thoughts, record, then=self.backbone.embed(eot))
+        return self.think_steps(state, self.eval_thoughts, record, then=self.backbone.embed(eot))
 
     refills = True
 
