@@ -36,9 +36,12 @@ thinking controller's per-row bookkeeping): `cot` with hard tokens against `soft
 same questions and number of steps (EOS ignored, Cold Stop off), as seconds per decode step (from runs of --steps
 and twice as many steps: the prefill is left out).
 
-`--stages` times the Gumbel soft input's parts (the calls `soft_thinking.think_inputs` makes, in its order) two
-ways: inside the decode loop (each right after a forward, as in generation) and alone in a tight loop on the same
-logits, and the hard input likewise.
+`--stages` times the Gumbel soft input's parts (the calls `soft_thinking.think_inputs` makes, in its order) three
+ways: inside the decode loop (each right after a forward, as in generation), alone in a tight loop over the logits
+the loop made, and alone on one logits tensor over and over, and the hard input likewise. The last is what this bench
+showed before 2026-12-02: it understates the data-dependent kernels (`torch.topk`'s selection runs 3-4x faster on
+data the branch predictor has learned), so the middle column is the cost of the parts themselves and the first one
+adds what the forward in between costs them.
 """
 
 from __future__ import annotations
@@ -179,10 +182,13 @@ STAGES = ["softmax(logits / T)", "top-k, top-p, min-p", "Gumbel noise + softmax"
 
 
 def stages(bb: Backbone, texts: list[str], k: int, batch: int, steps: int, rounds: int) -> None:
-    """Per-part microseconds of a Gumbel soft input (and of the hard input) inside the decode loop and alone."""
+    """Per-part microseconds of a Gumbel soft input (and of the hard input) inside the decode loop and alone: in a
+    tight loop over the logits the decode loop made (a new tensor each step, as in the loop), and in a tight loop on
+    one logits tensor over and over (the branch predictor then learns the data-dependent kernels: `torch.topk`,
+    `sort`)."""
     inloop: dict[str, float] = {}
-    alone: dict[str, float] = {}
     hard_clock = {"hard": 0.0}
+    seen: list[torch.Tensor] = []  # the logits each in-loop Gumbel step read
 
     def hard(state: DecodeState) -> torch.Tensor:
         t0 = time.perf_counter()
@@ -190,29 +196,55 @@ def stages(bb: Backbone, texts: list[str], k: int, batch: int, steps: int, round
         hard_clock["hard"] += (time.perf_counter() - t0) * 1e6
         return out
 
-    table = {"hard": hard, "gumbel": gumbel_stages(bb, k, batch, inloop)}
+    timed = gumbel_stages(bb, k, batch, inloop)
+
+    def gumbel(state: DecodeState) -> torch.Tensor:
+        out = timed(state)
+        seen.append(state.logits.clone())  # after the timed parts, so they still run right after the forward
+        return out
+
+    table = {"hard": hard, "gumbel": gumbel}
     time_modes(bb, texts, 2, table)  # warm-up
     inloop.clear()
+    seen.clear()
     hard_clock["hard"] = 0.0
     for r in range(rounds):
         time_modes(bb, texts, steps, table, ["hard", "gumbel"][:: 1 if r % 2 else -1])
     n = rounds * steps
     hard_inloop = hard_clock["hard"] / n
-    eng = Engine(bb)
-    state = eng.prefill(splice([[tokens(bb.encode(t))] for t in texts], bb.embed, bb.tokenizer.pad_token_id or 0))
-    step_alone = gumbel_stages(bb, k, batch, alone)
-    hard_clock["hard"] = 0.0
-    with torch.inference_mode():
-        for _ in range(n):
-            step_alone(state)
-            hard(state)
+    alone: dict[str, dict[str, float]] = {}
+    hard_alone: dict[str, float] = {}
+    for name, states in (("fresh", [_Logits(x) for x in seen]), ("one", [_Logits(seen[0])] * n)):
+        clock: dict[str, float] = {}
+        step_alone = gumbel_stages(bb, k, batch, clock)
+        hard_clock["hard"] = 0.0
+        with torch.inference_mode():
+            for state in states[:2]:  # warm-up
+                step_alone(state)
+                hard(state)
+            clock.clear()
+            hard_clock["hard"] = 0.0
+            for state in states:
+                step_alone(state)
+                hard(state)
+        alone[name], hard_alone[name] = clock, hard_clock["hard"]
     print(f"\nwhere a Gumbel soft input's time goes (us per step, mean of {n} steps): inside the decode loop, right "
-          "after each forward, and alone (a tight loop on the same logits)")
-    print(f"{'part':<24} {'in the loop':>11} {'alone':>7}")
+          "after each forward; alone in a tight loop over the logits the loop made (a new tensor each step); alone in "
+          "a tight loop on one logits tensor (the data-dependent kernels, top-k and sort, then run on learned branches)")
+    print(f"{'part':<24} {'in the loop':>11} {'alone':>7} {'one logits':>10}")
     for name in STAGES:
-        print(f"{name:<24} {inloop[name] / n:>11.1f} {alone[name] / n:>7.1f}")
-    print(f"{'total':<24} {sum(inloop.values()) / n:>11.1f} {sum(alone.values()) / n:>7.1f}")
-    print(f"{'hard input (argmax, E)':<24} {hard_inloop:>11.1f} {hard_clock['hard'] / n:>7.1f}")
+        print(f"{name:<24} {inloop[name] / n:>11.1f} {alone['fresh'][name] / n:>7.1f} {alone['one'][name] / n:>10.1f}")
+    total = [sum(c.values()) / n for c in (inloop, alone["fresh"], alone["one"])]
+    print(f"{'total':<24} {total[0]:>11.1f} {total[1]:>7.1f} {total[2]:>10.1f}")
+    print(f"{'hard input (argmax, E)':<24} {hard_inloop:>11.1f} {hard_alone['fresh'] / n:>7.1f} "
+          f"{hard_alone['one'] / n:>10.1f}")
+
+
+class _Logits:
+    """What a soft input reads of a decode state: its logits."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
 
 
 def generations(bb: Backbone, k: int, batch: int, steps: int, rounds: int) -> dict[str, list[float]]:
