@@ -281,6 +281,37 @@ def test_added_tokens_get_the_mean_row_and_leave_the_rng_alone(tiny):
     assert tiny.add_tokens(["<bot>"]) == ids[:1]  # already there: nothing added
 
 
+def test_input_embeddings_follow_the_model(tiny):
+    """`Backbone.input_embeddings` (HF's lookup once, then the module's path) returns what HF's lookup returns after a
+    swap at the same place, a resize, PEFT's wrapping of the embedding and of the model, and for a module outside
+    the tree."""
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    model = tiny.model
+    first = tiny.input_embeddings()
+    assert first is model.get_input_embeddings()
+    ids = torch.tensor([[1, 2, 3]])
+    swapped = nn.Embedding(*first.weight.shape)
+    model.set_input_embeddings(swapped)
+    assert tiny.input_embeddings() is swapped and torch.equal(tiny.embed(ids), swapped(ids))
+    assert tiny.dtype == swapped.weight.dtype and tiny.hidden_size == first.weight.shape[1]
+    tiny.add_tokens(["<bot>", "<eot>"])  # a resize (HF may put a new module in the same slot)
+    assert tiny.input_embeddings() is model.get_input_embeddings()
+    assert tiny.embedding_matrix.shape[0] == first.weight.shape[0] + 2
+    slot = next(n for n, m in model.named_modules() if m is model.get_input_embeddings()).split(".")[-1]
+    tiny.model = get_peft_model(model, LoraConfig(r=2, target_modules=["lm_head"], modules_to_save=[slot]))
+    wrapped = tiny.model.get_input_embeddings()
+    assert tiny.input_embeddings() is wrapped and type(wrapped).__name__ == "ModulesToSaveWrapper"
+    assert torch.equal(tiny.embed(ids), wrapped(ids))
+    outside = [nn.Embedding(4, 3), nn.Embedding(4, 5)]  # in no submodule slot: HF's lookup is asked each time
+    plain = Backbone(nn.Module(), tiny.tokenizer, "outside")
+    plain.model.get_input_embeddings = lambda: outside[0]
+    assert plain.input_embeddings() is outside[0] and plain.hidden_size == 3
+    outside.reverse()
+    assert plain.input_embeddings() is outside[0] and plain.hidden_size == 5
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_added_tokens_get_the_mean_row_when_the_matrix_has_spare_rows(arch):
     """Like Qwen2.5 (151,936 rows, 151,665 tokens): the new ids fall on untrained padding rows, which must become

@@ -40,9 +40,35 @@ class Backbone(nn.Module):
         self.cpu_prepack = True  # the decode engine's CPU calls use oneDNN-packed linear layers (`decoding.prepack`)
 
     # --- shapes and limits -------------------------------------------------------------------------------------
+    def input_embeddings(self) -> nn.Module:
+        """The model's input embedding module: what `self.model.get_input_embeddings()` returns, found through HF's
+        method once and then by its path among the submodules.
+
+        HF's method tries attribute names one after another on every call (~7 us on a CPU, and a soft decode step
+        asks for the module several times); the path is a few dictionary reads. It follows a module swapped in at
+        the same place (`set_input_embeddings`, `resize_token_embeddings`, PEFT's wrappers) and a new `self.model`
+        (PEFT's `get_peft_model`); a module that sits in no submodule slot is asked of HF's method every time.
+        """
+        model = self.model
+        found = self.__dict__.get("_embedding_path")  # (model, path or None); not an attribute nn.Module tracks
+        if found is not None and found[0] is model:
+            if found[1] is None:
+                return model.get_input_embeddings()
+            module = model
+            for name in found[1]:
+                module = module._modules.get(name)
+                if module is None:
+                    break
+            else:
+                return module
+        module = model.get_input_embeddings()
+        path = next((tuple(n.split(".")) for n, m in model.named_modules() if m is module and n), None)
+        self.__dict__["_embedding_path"] = (model, path)
+        return module
+
     @property
     def hidden_size(self) -> int:
-        return self.model.get_input_embeddings().weight.shape[1]
+        return self.input_embeddings().weight.shape[1]
 
     @property
     def vocab_size(self) -> int:
@@ -50,11 +76,11 @@ class Backbone(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return self.input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        return self.input_embeddings().weight.dtype
 
     @property
     def max_context(self) -> int | None:
@@ -138,11 +164,11 @@ class Backbone(nn.Module):
     @property
     def embedding_matrix(self) -> torch.Tensor:
         """E, (V, d): the input embedding matrix."""
-        return self.model.get_input_embeddings().weight
+        return self.input_embeddings().weight
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids (...,) -> input embeddings (..., d), exactly what the model computes for `input_ids`."""
-        return self.model.get_input_embeddings()(ids)
+        return self.input_embeddings()(ids)
 
     def add_tokens(self, tokens: Sequence[str]) -> list[int]:
         """Ids of `tokens`, adding the missing ones as special tokens.
