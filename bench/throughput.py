@@ -12,6 +12,9 @@ questions (as `latentcot eval --method cot`), greedy, EOS on, so rows end at ver
   this interpreter or in --vllm-python's; --vllm on or --vllm-python makes it required (a bad one: one line, exit 2
   before anything is measured), --vllm off skips it.
 
+With --ignore-eos every row generates exactly --max-new-tokens tokens in every arm, so the arms differ only in
+what a decode step and a prefill cost, not in how they schedule rows of different lengths.
+
 With --temperature T (and --top-p P) every arm samples instead (a user's pass@k or self-consistency run): the
 engine with its per-row streams, HF with do_sample (no top-k), vLLM with its own sampler; one more arm, engine static
 with the nucleus cut by a sort of the whole vocabulary (`sampling.NUCLEUS_WIDTHS = ()`, the engine before
@@ -23,6 +26,7 @@ same machine load; the bench prints the load and refuses to start when other pro
     python bench/throughput.py                                   # batch 8 and 32, 1 thread
     python bench/throughput.py --questions 64 --batch-sizes 32 --threads 2 --vllm-python /work/venvs/vllm/bin/python
     python bench/throughput.py --temperature 0.6 --top-p 0.95 --vllm off   # sampled decoding
+    python bench/throughput.py --questions 8 --batch-sizes 8 --max-new-tokens 128 --ignore-eos   # fixed length
 """
 
 from __future__ import annotations
@@ -60,14 +64,15 @@ def main():  # vLLM starts worker processes by spawn, which re-imports this file
     from vllm import LLM, SamplingParams
     llm = LLM(model=req["model_dir"], tokenizer=req["model_dir"], dtype="float32", max_model_len=req["max_len"],
               seed=0, max_num_seqs=req["batch"], enforce_eager=True, enable_prefix_caching=False)
+    eos = [] if req["ignore_eos"] else req["eos"]
     sp = SamplingParams(temperature=req["temperature"], top_p=req["top_p"], max_tokens=req["max_new_tokens"],
-                        stop_token_ids=req["eos"], detokenize=False, seed=0)
+                        stop_token_ids=eos, ignore_eos=req["ignore_eos"], detokenize=False, seed=0)
     prompts = [{"prompt_token_ids": p} for p in req["prompts"]]
     llm.generate(prompts[:2], sp, use_tqdm=False)  # warm-up
     t0 = time.perf_counter()
     outs = llm.generate(prompts, sp, use_tqdm=False)
     wall = time.perf_counter() - t0
-    toks = [[t for t in o.outputs[0].token_ids if t not in req["eos"]] for o in outs]
+    toks = [[t for t in o.outputs[0].token_ids if t not in eos] for o in outs]
     json.dump({"wall": wall, "tokens": toks}, open(sys.argv[2], "w"))
 
 
@@ -135,10 +140,10 @@ def run_hf(bb: Backbone, prompts: list[list[int]], gen: GenerationConfig, batch:
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
             sample = {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p, "top_k": 0}
             out = bb.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen.max_new_tokens,
-                                    eos_token_id=eos, pad_token_id=pad,
+                                    eos_token_id=None if gen.ignore_eos else eos, pad_token_id=pad,
                                     **(sample if not gen.greedy else {"do_sample": False}))
             for row in out[:, width:].tolist():
-                cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+                cut = len(row) if gen.ignore_eos else next((i for i, t in enumerate(row) if t in eos), len(row))
                 toks.append(row[:cut])
     return time.perf_counter() - t0, toks
 
@@ -152,6 +157,7 @@ def run_vllm(python: str, bb: Backbone, prompts, gen, batch: int, threads: int) 
             bb.tokenizer.save_pretrained(model_dir)
         req = {"model_dir": model_dir, "prompts": prompts, "max_new_tokens": gen.max_new_tokens, "eos": bb.eos_ids,
                "batch": batch, "threads": threads, "temperature": gen.temperature, "top_p": gen.top_p,
+               "ignore_eos": gen.ignore_eos,
                "max_len": max(len(p) for p in prompts) + gen.max_new_tokens + 8}
         (Path(tmp) / "req.json").write_text(json.dumps(req))
         (Path(tmp) / "worker.py").write_text(VLLM_WORKER)
@@ -181,6 +187,8 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling")
     ap.add_argument("--vllm", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--vllm-python", help="an interpreter that has vllm (e.g. /work/venvs/vllm/bin/python)")
+    ap.add_argument("--ignore-eos", action="store_true",
+                    help="every row generates --max-new-tokens (a fixed-length workload: the decode step, not scheduling)")
     ap.add_argument("--plain-linear", action="store_true",
                     help="add an engine static arm with plain F.linear (run.cpu_prepack=false) beside the packed default")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
@@ -196,13 +204,14 @@ def main() -> None:
     method = build_method("cot", {}, bb)
     method.eval()
     prompts = [method.prompt_ids(ex, task) for ex in exs]
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           ignore_eos=args.ignore_eos)
     decoding = "greedy" if gen.greedy else f"sampled at temperature {gen.temperature}, top-p {gen.top_p}"
     run_engine(method, task, exs[:2], GenerationConfig(max_new_tokens=4), 2, False)  # warm-up (and stop matcher etc.)
     run_hf(bb, prompts[:2], GenerationConfig(max_new_tokens=4), 2)
     watch = preflight(args.allow_contended)
     print(f"{args.model}, {len(exs)} GSM8K questions (cot prompts, {sum(map(len, prompts)) / len(prompts):.0f} prompt "
-          f"tokens on average), {decoding}, EOS on, max {args.max_new_tokens} new tokens, {args.threads} thread(s)")
+          f"tokens on average), {decoding}, {'EOS ignored: exactly' if gen.ignore_eos else 'EOS on, max'} {args.max_new_tokens} new tokens, {args.threads} thread(s)")
     print("| batch | arm | wall s | tokens/s | questions/s | vs HF | same tokens as engine static |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     results = []
