@@ -229,8 +229,9 @@ def stages(bb: Backbone, texts: list[str], k: int, batch: int, steps: int, round
                 hard(state)
         alone[name], hard_alone[name] = clock, hard_clock["hard"]
     print(f"\nwhere a Gumbel soft input's time goes (us per step, mean of {n} steps): inside the decode loop, right "
-          "after each forward; alone in a tight loop over the logits the loop made (a new tensor each step); alone in "
-          "a tight loop on one logits tensor (the data-dependent kernels, top-k and sort, then run on learned branches)")
+          "after each forward; alone in a tight loop over the logits the loop made (a new tensor each step); alone "
+          "in a tight loop on one logits tensor (the data-dependent kernels, top-k and sort, then run on learned "
+          "branches)")
     print(f"{'part':<24} {'in the loop':>11} {'alone':>7} {'one logits':>10}")
     for name in STAGES:
         print(f"{name:<24} {inloop[name] / n:>11.1f} {alone['fresh'][name] / n:>7.1f} {alone['one'][name] / n:>10.1f}")

@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--vllm", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--vllm-python", help="an interpreter that has vllm (e.g. /work/venvs/vllm/bin/python)")
     ap.add_argument("--ignore-eos", action="store_true",
-                    help="every row generates --max-new-tokens (a fixed-length workload: the decode step, not scheduling)")
+                    help="every row generates --max-new-tokens (fixed length: the decode step, not the scheduling)")
     ap.add_argument("--plain-linear", action="store_true",
                     help="add an engine static arm with plain F.linear (run.cpu_prepack=false) beside the packed default")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
@@ -210,8 +210,9 @@ def main() -> None:
     run_engine(method, task, exs[:2], GenerationConfig(max_new_tokens=4), 2, False)  # warm-up (and stop matcher etc.)
     run_hf(bb, prompts[:2], GenerationConfig(max_new_tokens=4), 2)
     watch = preflight(args.allow_contended)
+    length = "EOS ignored: exactly" if gen.ignore_eos else "EOS on, max"
     print(f"{args.model}, {len(exs)} GSM8K questions (cot prompts, {sum(map(len, prompts)) / len(prompts):.0f} prompt "
-          f"tokens on average), {decoding}, {'EOS ignored: exactly' if gen.ignore_eos else 'EOS on, max'} {args.max_new_tokens} new tokens, {args.threads} thread(s)")
+          f"tokens on average), {decoding}, {length} {args.max_new_tokens} new tokens, {args.threads} thread(s)")
     print("| batch | arm | wall s | tokens/s | questions/s | vs HF | same tokens as engine static |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     results = []
