@@ -217,3 +217,36 @@ def test_run_setting_reaches_the_backbone():
     assert res.run.cpu_prepack is False
     assert load_backbone("tiny-llama", res.run).cpu_prepack is False
     assert load_backbone("tiny-llama", resolve({"model": "tiny-llama"}).run).cpu_prepack is True
+
+
+def test_fused_product_is_each_layers_packed_product_bitwise():
+    """q/k/v-like layers (with biases) read the same input: one packed product over their stacked weights, split,
+    equals each layer's own packed call with torch.equal, at a decode's few rows and a prefill's many; it is made
+    again after an in-place weight update, and declines (None) where the layers' own calls must run."""
+    from latentcot.decoding.prepack import fused_product
+
+    torch.manual_seed(6)
+    owner = nn.Module()
+    owner.q, owner.k, owner.v = nn.Linear(96, 96), nn.Linear(96, 32), nn.Linear(96, 32)
+    parts = (owner.q, owner.k, owner.v)
+    assert prepare(owner, min_size=0) == 3
+    with torch.no_grad(), prepacked():
+        for rows in (1, 3, 8, 200):
+            x = torch.randn(rows, 1, 96)
+            got = fused_product(owner, parts, x)
+            assert [t.shape[-1] for t in got] == [96, 32, 32]
+            assert all(torch.equal(a, m(x)) for a, m in zip(got, parts))
+        owner.k.weight.mul_(2)  # an optimizer step: the stacked copy follows
+        assert torch.equal(fused_product(owner, parts, x)[1], owner.k(x))
+        handle = owner.v.register_forward_hook(lambda *a: None)
+        assert fused_product(owner, parts, x) is None  # a hooked layer: its own call runs
+        handle.remove()
+        plain = nn.Linear(96, 32)
+        assert fused_product(owner, (owner.q, plain), x) is None  # not a PackedLinear (e.g. a LoRA wrapper)
+        assert fused_product(owner, (owner.q, owner.k), x.double()) is None
+    with prepacked():
+        assert fused_product(owner, parts, x) is None  # gradients on
+    with torch.no_grad():
+        assert fused_product(owner, parts, x) is None  # outside the context
+    unpack(owner)
+    assert "_fused_packed" not in owner.__dict__

@@ -149,3 +149,30 @@ def test_eval_refill_records_the_same_and_is_off_by_default_on_cpu(tmp_path, mon
     a, b, c = (_records(tmp_path / d / "samples.jsonl") for d in "abc")
     assert a == b == c and len(a) == 5
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["method"] == "cot"
+
+
+def test_refill_writes_new_rows_into_finished_slots(early_eos, monkeypatch):
+    """While questions are waiting, a finished row's slot takes the next one in place (`rows.place_rows`): every
+    decode step computes the full batch and no row surgery copies the cache; the outputs are each row's alone."""
+    from latentcot.decoding import engine as engine_mod
+
+    bb = early_eos
+    eng = Engine(bb)
+    eng._split = False  # one forward per prefill (a split prefill merges its groups by row surgery)
+    questions = ["What is 2+3?", "A longer question about plums?", "Hi", "Why?", "Four and five?", "Go on", "Nine?"]
+    prompts = [bb.encode(bb.chat_prompt(q)) for q in questions]
+    cfg = GenerationConfig(max_new_tokens=24)
+    start = lambda idx: eng.prefill(splice([[tokens(prompts[i])] for i in idx], bb.embed, 0))  # noqa: E731
+    placed, copies, sizes = [], [], []
+    real_place, real_select, real_step = engine_mod.place_rows, engine_mod.select_rows, eng.step
+    monkeypatch.setattr(engine_mod, "place_rows", lambda s, slots, new: placed.append((real_place(s, slots, new),
+                                                                                         len(slots))) or placed[-1][0])
+    monkeypatch.setattr(engine_mod, "select_rows", lambda s, keep: copies.append(len(placed)) or real_select(s, keep))
+    monkeypatch.setattr(eng, "step", lambda s, *a: sizes.append((len(placed), s.batch_size)) or real_step(s, *a))
+    outs = dict(eng.generate_stream(start, len(prompts), 3, cfg, lambda idx: None))
+    assert all(ok for ok, _ in placed) and sum(n for _, n in placed) == len(prompts) - 3  # each waiting one took a slot
+    assert all(n == len(placed) for n in copies)  # rows left the batch only after the last question started
+    assert all(size == 3 for n, size in sizes if n < len(placed))
+    for i, p in enumerate(prompts):
+        alone = eng.generate(eng.prefill(splice([[tokens(p)]], bb.embed, 0)), cfg)[0]
+        assert (alone.token_ids, alone.finish_reason) == (outs[i].token_ids, outs[i].finish_reason)

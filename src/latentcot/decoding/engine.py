@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 
 from latentcot.decoding import prepack
-from latentcot.decoding.rows import append_rows, concat_states, select_rows, supports_rows, use_slack
+from latentcot.decoding.rows import append_rows, concat_states, place_rows, select_rows, supports_rows, use_slack
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens
 from latentcot.decoding.stopping import StopMatcher
 from latentcot.models.backbone import Backbone
@@ -311,33 +311,55 @@ class Engine:
                 r.ended_now = False
             for b in done:
                 yield rows[b].item, rows[b].output(self.bb, stop)
-            new = None
+            new, slots = None, []
             if done and compact:
-                keep = [b for b, r in enumerate(rows) if not r.finished]
-                if keep and len(keep) < len(rows):
-                    state = select_rows(state, keep)
-                    ids = ids[keep]
-                    rand = None if rand is None else rand.select(keep)
-                rows = [rows[b] for b in keep]
                 new = feed(len(done)) if feed is not None else None
+                # finished rows whose slots the new rows take in place after this step (`place_rows`); the other
+                # finished rows leave the batch now
+                slots = done[: new[0].batch_size] if new is not None and len(done) < len(rows) else []
+                keep = [b for b, r in enumerate(rows) if not r.finished or b in slots]
+                if len(keep) < len(rows):
+                    if keep:
+                        state = select_rows(state, keep)
+                        ids = ids[keep]
+                        rand = None if rand is None else rand.select(keep)
+                    slots = [keep.index(b) for b in slots]
+                rows = [rows[b] for b in keep]
+                for b in slots:  # a finished row in a kept slot steps once more, from position 0 (its output unused)
+                    state.lengths[b] = 0
+                if slots:
+                    state.next_position[slots] = 0
             if any(not r.finished for r in rows):
                 if not compact and len(rows) > sum(not r.finished for r in rows):  # finished rows feed pad tokens
                     alive = torch.tensor([not r.finished for r in rows], device=ids.device)
                     ids = torch.where(alive, ids, torch.full_like(ids, self.bb.tokenizer.pad_token_id or 0))
                 state = self.step(state, self.bb.embed(ids), want_hidden)
             else:
-                rows = []
+                rows, slots = [], []
             if new is not None:
                 new_state, new_items, new_rand, seconds = new
                 fresh = _Row.start(new_state, new_items)
                 for r in fresh:
                     r.seconds = seconds / len(fresh)
-                if rows:
+                if slots and place_rows(state, slots, new_state):
+                    for b, r in zip(slots, fresh):
+                        rows[b] = r
+                    if rand is not None:
+                        rand = rand.select(range(len(rows)))
+                        for b, stream in zip(slots, new_rand.streams):
+                            rand.streams[b] = stream
+                elif rows:
+                    if slots:  # not placed: the finished rows leave, the new ones are appended
+                        keep = [b for b in range(len(rows)) if b not in slots]
+                        state = select_rows(state, keep)
+                        rows = [rows[b] for b in keep]
+                        rand = None if rand is None else rand.select(keep)
                     state = append_rows(state, new_state)
                     rand = None if rand is None else RowRandom.concat([rand, new_rand])
+                    rows = rows + fresh
                 else:
                     state, rand = new_state, new_rand
-                rows = rows + fresh
+                    rows = fresh
                 last = time.perf_counter()
 
     def _stop_matcher(self, stops: Sequence[str]) -> StopMatcher | None:

@@ -89,6 +89,41 @@ def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.
     return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "none", [], "")
 
 
+def fused_product(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """The products of `parts` (`PackedLinear` layers that read the same input `x`, such as an attention's query,
+    key and value projections or an MLP's gate and up projections) as ONE packed product with their weights side by
+    side, split back into one output per layer (views); None where the layers' own calls must run: outside
+    `prepacked`, with gradients, off the CPU, another dtype, a layer that is not a `PackedLinear` (a LoRA wrapper) or
+    has hooks, global hooks, mixed biases, or a call too small to gain (the fused weight decides as one layer would).
+
+    One call in place of three (or two): oneDNN's fixed cost per call and the small key/value products (which a
+    decode step of a few rows multiplies unpacked, `packs`) were ~15% of the linear layers' time at one row. Each
+    output column is the same dot product over the same inputs as in its own layer's packed call (oneDNN blocks the
+    sum over the input features the same way whatever the output width; `tests/test_prepack.py` checks it with
+    `torch.equal`). The packed copy lives on `owner` (one group per owner) and is made again when any weight or bias
+    changes."""
+    if not (kernels.active() and x.dtype is torch.float32 and x.is_cpu and not torch.is_grad_enabled()):
+        return None
+    if global_hooks() or any(type(m) is not PackedLinear or own_hooks(m) for m in parts):
+        return None
+    weights = [m.weight for m in parts]
+    biases = [m.bias for m in parts]
+    if any(w.dtype is not torch.float32 for w in weights) or len({b is None for b in biases}) > 1:
+        return None
+    total = sum(w.numel() for w in weights)
+    if not (any(m.__dict__.get("_always", False) for m in parts) or x.numel() // x.shape[-1] * total >= PACK_WORK):
+        return None
+    key = tuple((t.data_ptr(), t._version) for t in weights + [b for b in biases if b is not None])
+    packed = owner.__dict__.get("_fused_packed")
+    if packed is None or packed[0] != key:
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        weight = torch.cat([w.detach() for w in weights])
+        packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS), bias, [w.shape[0] for w in weights])
+        owner.__dict__["_fused_packed"] = packed  # not a parameter or buffer: never saved, never moved
+    y = torch.ops.mkldnn._linear_pointwise(x, packed[1], packed[2], "none", [], "")
+    return y.split(packed[3], dim=-1)
+
+
 class PackedLinear(nn.Linear):
     """An `nn.Linear` that multiplies with a oneDNN-packed copy of its weight inside `prepacked` (CPU, float32, no
     gradients, a large enough call), and is a plain `nn.Linear` everywhere else. Made by changing a module's class
@@ -189,6 +224,7 @@ def unpack(model: nn.Module) -> None:
     / `Conv1D` (and `FusedTanhGELU`s back into HF's `NewGELUActivation`)."""
     mlp, packed_mlp = _packed_gpt2_mlp()
     for m in model.modules():
+        m.__dict__.pop("_fused_packed", None)
         if type(m) in _PLAIN:
             m.__dict__.pop("_packed", None)
             m.__dict__.pop("_always", None)

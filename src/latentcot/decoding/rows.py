@@ -26,38 +26,76 @@ def supports_rows(cache: object) -> bool:
     return all(type(layer) in (DynamicLayer, SlackLayer) and _initialized(layer) for layer in layers)
 
 
-SLACK = 32  # spare positions a SlackLayer reserves past its keys
+SLACK = 32  # the fewest spare positions a SlackLayer reserves past its keys (more for long caches: `_reserve`)
+
+
+def _reserve(t: int) -> int:
+    """Spare positions for a buffer of `t` filled ones: a quarter more, at least SLACK (a long cache re-buffers
+    every t / 4 steps, not every 32: at 32 rows x 400 positions one re-buffer of smollm2's cache is ~1.6 ms per
+    layer)."""
+    return max(SLACK, t // 4)
 
 
 class SlackLayer(DynamicLayer):
-    """A DynamicLayer whose keys and values are views into buffers with `SLACK` spare positions.
+    """A DynamicLayer whose keys and values are views into buffers with spare positions.
 
     A plain DynamicLayer grows by concatenation, which copies the whole cache at every decode step (smollm2, 32
     rows: 60 copies of 6 MB per step). This layer writes the step's keys and values into the spare positions and
-    returns views of the filled part, so a copy happens once every `SLACK` steps. The values are the same tensors
-    a DynamicLayer would hold. Row surgery (`select_rows`, `concat_states`) assigns new `keys` / `values`; the next
-    update sees that they are no longer the views it handed out and re-buffers them. Decoding only (no autograd:
-    the buffers are written in place).
+    returns views of the filled part, so a copy happens once every `_reserve(t)` steps. The values are the same
+    tensors a DynamicLayer would hold. The views may start after the buffer's first position (`trim` drops leading
+    columns without a copy). Row surgery that assigns new `keys` / `values` (`select_rows`, `concat_states`) is
+    seen at the next update (they are no longer the views it handed out), which re-buffers them; `place_rows`
+    writes into the views in place. Decoding only (no autograd: the buffers are written in place).
     """
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         keys, values = self.keys, self.values
         n = key_states.shape[-2]
-        buf = self.__dict__.get("_slack")  # key and value buffers, the views of them this layer last handed out
         t = keys.shape[2]
-        if buf is None or keys is not buf[2] or values is not buf[3] or t + n > buf[0].shape[2]:
+        buf = self.__dict__.get("_slack")  # key buffer, value buffer, first used position, the views handed out
+        if not self.owned() or buf[2] + t + n > buf[0].shape[2]:
             b, h, _, d = keys.shape
-            kb = keys.new_empty(b, h, t + n + SLACK, d)
-            vb = values.new_empty(b, values.shape[1], t + n + SLACK, values.shape[3])
+            room = t + n + _reserve(t + n)
+            kb = keys.new_empty(b, h, room, d)
+            vb = values.new_empty(b, values.shape[1], room, values.shape[3])
             kb.narrow(2, 0, t).copy_(keys)
             vb.narrow(2, 0, t).copy_(values)
+            start = 0
         else:
-            kb, vb = buf[0], buf[1]
-        kb.narrow(2, t, n).copy_(key_states)
-        vb.narrow(2, t, n).copy_(value_states)
-        self.keys, self.values = kb.narrow(2, 0, t + n), vb.narrow(2, 0, t + n)
-        self._slack = (kb, vb, self.keys, self.values)
+            kb, vb, start = buf[0], buf[1], buf[2]
+        kb.narrow(2, start + t, n).copy_(key_states)
+        vb.narrow(2, start + t, n).copy_(value_states)
+        self._hand_out(kb, vb, start, t + n)
         return self.keys, self.values
+
+    def owned(self) -> bool:
+        """Whether `keys` / `values` are still the views of this layer's buffers it handed out."""
+        buf = self.__dict__.get("_slack")
+        return buf is not None and self.keys is buf[3] and self.values is buf[4]
+
+    def trim(self, lead: int) -> None:
+        """Drops the first `lead` positions (views of the same buffers when owned: no copy)."""
+        if self.owned():
+            kb, vb, start = self._slack[:3]
+            self._hand_out(kb, vb, start + lead, self.keys.shape[2] - lead)
+        else:
+            self.keys, self.values = self.keys[:, :, lead:], self.values[:, :, lead:]
+
+    def take_rows(self, idx: torch.Tensor, lead: int) -> None:
+        """Keeps rows `idx` (in that order) and drops the first `lead` positions, gathered straight into new buffers
+        with spare positions (one copy; assigning the gathered tensors would cost a second at the next update)."""
+        keys, values = self.keys, self.values
+        t = keys.shape[2] - lead
+        room = t + _reserve(t)
+        kb = keys.new_empty(len(idx), keys.shape[1], room, keys.shape[3])
+        vb = values.new_empty(len(idx), values.shape[1], room, values.shape[3])
+        torch.index_select(keys[:, :, lead:], 0, idx, out=kb.narrow(2, 0, t))
+        torch.index_select(values[:, :, lead:], 0, idx, out=vb.narrow(2, 0, t))
+        self._hand_out(kb, vb, 0, t)
+
+    def _hand_out(self, kb: torch.Tensor, vb: torch.Tensor, start: int, t: int) -> None:
+        self.keys, self.values = kb.narrow(2, start, t), vb.narrow(2, start, t)
+        self._slack = (kb, vb, start, self.keys, self.values)
 
 
 def use_slack(cache: object) -> object:
@@ -84,8 +122,11 @@ def select_rows(state, keep: Sequence[int]):
     lengths = [state.lengths[b] for b in keep]
     lead = state.attention_mask.shape[1] - max(lengths)  # leading columns no kept row uses
     for layer in _kv(state.cache):
-        layer.keys = layer.keys.index_select(0, idx)[:, :, lead:]  # (B', H, T - lead, D)
-        layer.values = layer.values.index_select(0, idx)[:, :, lead:]
+        if type(layer) is SlackLayer:
+            layer.take_rows(idx, lead)
+        else:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, lead:]  # (B', H, T - lead, D)
+            layer.values = layer.values.index_select(0, idx)[:, :, lead:]
     state.attention_mask = state.attention_mask.index_select(0, idx)[:, lead:]  # (B', T - lead)
     state.next_position = state.next_position.index_select(0, idx)
     state.logits = state.logits.index_select(0, idx)
@@ -124,3 +165,45 @@ def concat_states(states: Sequence):
 def append_rows(state, new):
     """`state` with the rows of `new` appended after its own (in place on `state`); both right-aligned."""
     return concat_states([state, new])
+
+
+@torch.inference_mode()
+def place_rows(state, slots: Sequence[int], new) -> bool:
+    """Writes the rows of `new` over rows `slots` of `state` (one slot per new row, in order), in place, then drops
+    columns that became all padding; True when done. Continuous batching's cheap path: a finished row's slot takes
+    the next question without copying the other rows' keys and values (`select_rows` + `append_rows` copy the whole
+    cache, twice with the re-buffering after them: 3.4 s of a 45 s refill run at 32 rows on smollm2).
+
+    A new row's positions go into the last columns of its slot, right-aligned like every row; the columns in front
+    of them keep the finished row's keys and values, finite numbers that the slot's attention mask now hides (a
+    masked key's score is replaced before the softmax, and a zero weight times a finite value adds nothing), so the
+    row decodes as it would after zero padding. False (nothing changed) where it cannot: a layer whose tensors are
+    not a `SlackLayer`'s own views (they may be shared with a caller), a cache `new` that cannot be rearranged, or
+    a new row longer than the state is wide (`append_rows` pads then)."""
+    layers, fresh = _kv(state.cache), getattr(new.cache, "layers", None)
+    if not all(type(layer) is SlackLayer and layer.owned() for layer in layers) or not supports_rows(new.cache):
+        return False
+    width = state.attention_mask.shape[1]
+    p = max(new.lengths)
+    if p > width or len(fresh) != len(layers) or len(slots) != new.batch_size:
+        return False
+    idx = torch.tensor(list(slots), dtype=torch.long, device=state.attention_mask.device)
+    for layer, src in zip(layers, fresh):
+        layer.keys[idx, :, width - p :] = src.keys[:, :, -p:]
+        layer.values[idx, :, width - p :] = src.values[:, :, -p:]
+    state.attention_mask[idx] = 0
+    state.attention_mask[idx, width - p :] = new.attention_mask[:, -p:].to(state.attention_mask.dtype)
+    for name in ("next_position", "logits", "prefill_tokens", "steps"):
+        getattr(state, name)[idx] = getattr(new, name)
+    if state.hidden is not None and new.hidden is not None:
+        state.hidden[idx] = new.hidden
+    else:
+        state.hidden = None
+    for j, n in zip(slots, new.lengths):
+        state.lengths[j] = n
+    lead = width - max(state.lengths)
+    if lead > 0:
+        for layer in layers:
+            layer.trim(lead)
+        state.attention_mask = state.attention_mask[:, lead:]
+    return True

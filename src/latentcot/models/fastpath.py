@@ -44,6 +44,8 @@ class _Plan:
     mask: Any  # HF's create_causal_mask
     mask_kw: dict[str, str]  # its parameter names in this transformers
     skipped: list[torch.nn.Module]  # the modules whose own forward the lean step does not call
+    fuse: Any = None  # `decoding.prepack.fused_product` (llama family): q/k/v and, where `mlp` is set, gate/up
+    mlp: bool = False  # the MLP's forward is down(act(gate(x)) * up(x)), so it may run with gate/up fused
 
 
 _SUPPORTED = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "llama"}
@@ -99,8 +101,27 @@ def _make_plan(model: torch.nn.Module) -> _Plan | None:
     attns = [b.attn if family == "gpt2" else b.self_attn for b in layers]
     if not _code_matches(family, [type(core), type(base), type(layers[0]), type(attns[0])]):
         return None
-    return _Plan(family, base, core.lm_head, layers, sdpa_attention_forward, rotary, create_causal_mask, mask_kw,
+    made = _Plan(family, base, core.lm_head, layers, sdpa_attention_forward, rotary, create_causal_mask, mask_kw,
                  [model, core, base, *layers, *attns])
+    if family == "llama":
+        from latentcot.decoding.prepack import fused_product  # (prepack imports this module)
+
+        made.fuse = fused_product
+        made.mlp = all(_mlp_matches(type(b.mlp)) for b in layers)
+    return made
+
+
+_MLP = "self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))"
+
+
+def _mlp_matches(cls: type) -> bool:
+    """Whether an MLP class's forward is `_MLP` and nothing else (Llama's and Qwen2's)."""
+    try:
+        lines = [ln.strip() for ln in inspect.getsource(cls.forward).splitlines()]
+    except (OSError, TypeError):
+        return False
+    body = [ln for ln in lines[1:] if ln and not ln.startswith("#")]
+    return body in ([f"down_proj = {_MLP}", "return down_proj"], [f"return {_MLP}"])
 
 
 def usable(p: _Plan | None) -> bool:
@@ -238,9 +259,21 @@ def _llama_layer(p: _Plan, layer, h, causal, cache, rope):
     x = _call(layer.input_layernorm, h)
     attn = layer.self_attn
     shape = (*x.shape[:-1], -1, attn.head_dim)
-    q = _call(attn.q_proj, x).view(shape).transpose(1, 2)
-    k = _call(attn.k_proj, x).view(shape).transpose(1, 2)
-    v = _call(attn.v_proj, x).view(shape).transpose(1, 2)
+    qkv = p.fuse(attn, (attn.q_proj, attn.k_proj, attn.v_proj), x) if p.fuse is not None else None
+    if qkv is None:  # the layers' own calls
+        qkv = (_call(attn.q_proj, x), _call(attn.k_proj, x), _call(attn.v_proj, x))
+    q, k, v = (t.view(shape).transpose(1, 2) for t in qkv)
     q, k = p.rotary(q, k, *rope)
     h = residual + _attention(p, attn, q, k, v, causal, cache, attn.o_proj)
-    return h + _call(layer.mlp, _call(layer.post_attention_layernorm, h))
+    return h + _mlp(p, layer.mlp, _call(layer.post_attention_layernorm, h))
+
+
+def _mlp(p: _Plan, mlp, x):
+    """The llama family's MLP, down(act(gate(x)) * up(x)), with gate and up as one packed product where
+    `prepack.fused_product` takes the call (the MLP without hooks of its own); the MLP's own call otherwise."""
+    gate_up = p.fuse(mlp, (mlp.gate_proj, mlp.up_proj), x) if p.fuse and p.mlp and not own_hooks(mlp) else None
+    if gate_up is None:
+        return _call(mlp, x)
+    # the activation on a contiguous copy: an elementwise kernel over strided rows may round differently (SiLU's
+    # vectorised and scalar paths); the product with `up` is exactly rounded either way
+    return _call(mlp.down_proj, _call(mlp.act_fn, gate_up[0].contiguous()) * gate_up[1])

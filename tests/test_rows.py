@@ -1,0 +1,97 @@
+"""Row surgery in place (`latentcot.decoding.rows.place_rows`, `SlackLayer.trim`): a new row written over a finished
+row's slot decodes exactly as the same row appended after the others, without copying the other rows' keys and
+values; where it cannot, nothing changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentcot.decoding import rows as rows_mod
+from latentcot.decoding.engine import Engine
+from latentcot.models.splice import splice, tokens
+
+QUESTIONS = ["What is 2+3?", "A longer question about apples, pears and plums. How many fruits?", "Hi"]
+
+
+def _prefill(eng, bb, texts):
+    return eng.prefill(splice([[tokens(bb.encode(bb.chat_prompt(t)))] for t in texts], bb.embed, 0))
+
+
+def _stepped(eng, bb, texts, steps):
+    state = _prefill(eng, bb, texts)
+    for _ in range(steps):
+        state = eng.step_tokens(state, state.logits.argmax(-1))
+    return state
+
+
+@pytest.mark.parametrize("slot", [0, 1, 2])
+def test_a_placed_row_decodes_as_an_appended_one(tiny, slot):
+    """Slot `slot` of three running rows takes a new question in place; the same question appended after the two
+    other rows (the copying path) gives bitwise the same logits and keys at every later step, for every row. Row 1
+    is the longest, so placing into its slot drops leading columns (a view of the same buffer, no copy)."""
+    eng = Engine(tiny)
+    eng._split = False  # one prefill forward: both runs see the same kernels
+    new_q = ["Three apples and four pears?"]
+    placed = _stepped(eng, tiny, QUESTIONS, 3)
+    buffers = [layer._slack[0].data_ptr() for layer in placed.cache.layers]
+    width = placed.attention_mask.shape[1]
+    assert rows_mod.place_rows(placed, [slot], _prefill(eng, tiny, new_q))
+    assert [layer._slack[0].data_ptr() for layer in placed.cache.layers] == buffers  # written in place
+    others = [b for b in range(3) if b != slot]
+    assert placed.attention_mask.shape[1] == max(placed.lengths) <= width
+    if slot == 1:
+        assert placed.attention_mask.shape[1] < width
+    appended = rows_mod.append_rows(rows_mod.select_rows(_stepped(eng, tiny, QUESTIONS, 3), others),
+                                    _prefill(eng, tiny, new_q))
+    order = [*others, slot]  # appended row b' holds what placed row order[b'] holds
+    assert appended.lengths == [placed.lengths[b] for b in order]
+    for _ in range(4):
+        assert torch.equal(appended.logits, placed.logits[order])
+        for mine, theirs, n in zip(placed.cache.layers, appended.cache.layers, [min(placed.lengths)] * 99):
+            assert torch.equal(mine.keys[order][:, :, -n:], theirs.keys[:, :, -n:])
+            assert torch.equal(mine.values[order][:, :, -n:], theirs.values[:, :, -n:])
+        placed = eng.step_tokens(placed, placed.logits.argmax(-1))
+        appended = eng.step_tokens(appended, appended.logits.argmax(-1))
+    assert placed.next_position[order].tolist() == appended.next_position.tolist()
+
+
+def test_place_rows_refuses_and_changes_nothing(tiny):
+    """A new row longer than the state is wide, a state fresh from prefill (its tensors are not the slack layer's
+    own views: they may be shared), or a slot count that does not match: False, and the state is as it was."""
+    eng = Engine(tiny)
+    fresh = _prefill(eng, tiny, QUESTIONS[:1])
+    long_q = _prefill(eng, tiny, [QUESTIONS[1] * 3])
+    running = _stepped(eng, tiny, QUESTIONS, 2)
+    for state, slots, new in [(running, [0], long_q), (fresh, [0], _prefill(eng, tiny, ["Hi"])),
+                              (running, [0, 1], _prefill(eng, tiny, ["Hi"]))]:
+        before = ([t.clone() for layer in state.cache.layers for t in (layer.keys, layer.values)],
+                  state.attention_mask.clone(), state.logits.clone(), list(state.lengths))
+        assert not rows_mod.place_rows(state, slots, new)
+        after = ([t for layer in state.cache.layers for t in (layer.keys, layer.values)], state.attention_mask,
+                 state.logits, state.lengths)
+        assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+        assert torch.equal(before[1], after[1]) and torch.equal(before[2], after[2]) and before[3] == after[3]
+
+
+def test_slack_layer_trim_is_a_view_and_updates_after_it():
+    """`trim` drops leading positions of the handed-out views (same buffer), and later updates append after them
+    as a concatenating layer would; on keys replaced from outside it slices them."""
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(0)
+    kv = [(torch.randn(2, 3, n, 4), torch.randn(2, 3, n, 4)) for n in (5, 1, 1, 1, 1)]
+    slack, plain = DynamicLayer(), DynamicLayer()
+    for i, (k, v) in enumerate(kv):
+        if i == 1:
+            slack.__class__ = rows_mod.SlackLayer
+        if i == 3:
+            ptr = slack._slack[0].data_ptr()
+            slack.trim(2)
+            plain.keys, plain.values = plain.keys[:, :, 2:], plain.values[:, :, 2:]
+            assert slack.owned() and slack._slack[0].data_ptr() == ptr
+        a, b = slack.update(k, v), plain.update(k, v)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    slack.keys = slack.keys.clone()  # replaced from outside: trim slices, the next update re-buffers
+    slack.trim(1)
+    assert not slack.owned() and slack.keys.shape[2] == 6
