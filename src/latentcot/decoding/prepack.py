@@ -73,20 +73,32 @@ def _packed_product(m: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torch.
     again when the weight changes; None outside `prepacked`, with gradients, off the CPU, in another dtype than
     float32, or when the call is too small to gain (`packs`, see the module docstring). `gelu`: the tanh-approximate
     GELU of the product, applied by oneDNN as the product is written."""
-    if not (kernels.active() and x.dtype is torch.float32 and w.dtype is torch.float32 and x.is_cpu
-            and not torch.is_grad_enabled()):
+    if not (_engine_call(x) and w.dtype is torch.float32):
         return None
     if not packs(m, x.numel() // max(1, x.shape[-1])):
         return None
-    key = (w.data_ptr(), w._version)
-    packed = m.__dict__.get("_packed")
-    if packed is None or packed[0] != key:
-        weight = w.detach().t().contiguous() if transposed else w.detach()
-        packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS))
-        m.__dict__["_packed"] = packed  # not a parameter or buffer: never saved, never moved
+    packed = _packed_copy(m, "_packed", [w], lambda: (w.detach().t().contiguous() if transposed else w.detach(),))
     if gelu:
         return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "gelu", [], "tanh")
     return torch.ops.mkldnn._linear_pointwise(x, packed[1], bias, "none", [], "")
+
+
+def _engine_call(x: torch.Tensor) -> bool:
+    """Whether a product of `x` may use packed weights: inside `prepacked`, float32, CPU, no gradients."""
+    return kernels.active() and x.dtype is torch.float32 and x.is_cpu and not torch.is_grad_enabled()
+
+
+def _packed_copy(m: nn.Module, name: str, tensors: list[torch.Tensor], make) -> tuple:
+    """(key, packed weight, *rest) kept on `m` under `name` (not a parameter or buffer: never saved, never moved),
+    made by `make()` -> (weight to pack, *rest) at the first call and again when any of `tensors` changes (its
+    storage or its version counter: an optimizer step updates weights in place)."""
+    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    packed = m.__dict__.get(name)
+    if packed is None or packed[0] != key:
+        weight, *rest = make()
+        packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS), *rest)
+        m.__dict__[name] = packed
+    return packed
 
 
 def fused_product(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
@@ -102,7 +114,7 @@ def fused_product(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tenso
     sum over the input features the same way whatever the output width; `tests/test_prepack.py` checks it with
     `torch.equal`). The packed copy lives on `owner` (one group per owner) and is made again when any weight or bias
     changes."""
-    if not (kernels.active() and x.dtype is torch.float32 and x.is_cpu and not torch.is_grad_enabled()):
+    if not _engine_call(x):
         return None
     if global_hooks() or any(type(m) is not PackedLinear or own_hooks(m) for m in parts):
         return None
@@ -113,13 +125,9 @@ def fused_product(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tenso
     total = sum(w.numel() for w in weights)
     if not (any(m.__dict__.get("_always", False) for m in parts) or x.numel() // x.shape[-1] * total >= PACK_WORK):
         return None
-    key = tuple((t.data_ptr(), t._version) for t in weights + [b for b in biases if b is not None])
-    packed = owner.__dict__.get("_fused_packed")
-    if packed is None or packed[0] != key:
-        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
-        weight = torch.cat([w.detach() for w in weights])
-        packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS), bias, [w.shape[0] for w in weights])
-        owner.__dict__["_fused_packed"] = packed  # not a parameter or buffer: never saved, never moved
+    packed = _packed_copy(owner, "_fused_packed", weights + [b for b in biases if b is not None], lambda: (
+        torch.cat([w.detach() for w in weights]), None if biases[0] is None else torch.cat([b.detach() for b in biases]),
+        [w.shape[0] for w in weights]))
     y = torch.ops.mkldnn._linear_pointwise(x, packed[1], packed[2], "none", [], "")
     return y.split(packed[3], dim=-1)
 
