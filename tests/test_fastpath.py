@@ -5,6 +5,7 @@ through the engine identical with it on and off."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -246,5 +247,52 @@ def test_the_lean_call_applies_on_the_transformers_this_project_installs():
     if Version(transformers.__version__) >= Version("5.24"):
         assert all(p is not None for p in plans)
         assert plans[1].mlp and plans[2].mlp  # Llama's and Qwen2's MLPs may run with gate/up fused
+        assert plans[1].joint and plans[2].joint  # and their fused q/k/v rotate q and k at once
     elif Version(transformers.__version__) < Version("5"):
         assert all(p is None for p in plans)
+
+
+def test_joint_rotation_is_hfs_rotary_embedding_bitwise():
+    """`_rotate` over q and k heads side by side (strided views of one fused product, as the lean layer has them)
+    gives HF's apply_rotary_pos_emb values with torch.equal, for the positions and shapes of a prefill and a step."""
+    from transformers.models.llama import modeling_llama
+
+    torch.manual_seed(3)
+    for B, n, nq, nk, D in [(3, 5, 4, 2, 8), (8, 1, 9, 3, 64), (2, 7, 6, 6, 16)]:
+        y = torch.randn(B, n, (nq + 2 * nk) * D) * 4
+        heads = y.view(B, n, -1, D)
+        cos, sin = torch.randn(B, n, D), torch.randn(B, n, D)
+        ref_q, ref_k = modeling_llama.apply_rotary_pos_emb(
+            heads[:, :, :nq].transpose(1, 2), heads[:, :, nq : nq + nk].transpose(1, 2), cos, sin)
+        signed = torch.cat((-sin[..., : D // 2], sin[..., D // 2 :]), -1)
+        qk = fastpath._rotate(heads[:, :, : nq + nk], cos.unsqueeze(2), signed.unsqueeze(2))
+        assert torch.equal(qk[:, :, :nq].transpose(1, 2), ref_q) and torch.equal(qk[:, :, nq:].transpose(1, 2), ref_k)
+
+
+def test_joint_rotation_only_for_the_rotary_code_it_mirrors():
+    """A modeling module whose rotation differs in any statement (or is wrapped) keeps HF's own function."""
+    import types
+
+    from transformers.models.llama import modeling_llama
+
+    assert fastpath._rotary_matches(modeling_llama.apply_rotary_pos_emb, modeling_llama)
+
+    def rotate_half(x):
+        x1 = x[..., : x.shape[-1] // 2]
+        x2 = x[..., x.shape[-1] // 2 :]
+        return torch.cat((x2, -x1), dim=-1)  # the other sign convention
+
+    other = types.SimpleNamespace(rotate_half=rotate_half)
+    assert not fastpath._rotary_matches(modeling_llama.apply_rotary_pos_emb, other)
+
+    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+        cos = cos.unsqueeze(unsqueeze_dim)
+        sin = sin.unsqueeze(unsqueeze_dim)
+        q_embed = (q * cos) + (rotate_half(q) * sin)
+        k_embed = (k * cos) - (rotate_half(k) * sin)
+        return q_embed, k_embed
+
+    assert not fastpath._rotary_matches(apply_rotary_pos_emb, modeling_llama)
+    wrapped = functools.wraps(modeling_llama.apply_rotary_pos_emb)(lambda *a: a)
+    assert not fastpath._rotary_matches(wrapped, modeling_llama)
+    assert not fastpath._rotary_matches(None, modeling_llama)

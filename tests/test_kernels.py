@@ -127,3 +127,26 @@ def test_a_prefill_of_rows_of_one_length_takes_the_small_attention(monkeypatch):
     with torch.no_grad():
         ref = bb.model(input_ids=batch.input_ids).logits[:, -1].float()
     torch.testing.assert_close(state.logits, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_a_mask_derived_once_per_call_gives_the_same_values():
+    """`blocked` (the mask's complement and whether a query may attend to nothing, made once per model call) gives
+    `attention` the same outputs with torch.equal, with plain softmax where no row is empty and zeros where one is."""
+    torch.manual_seed(2)
+    with prepack.prepacked(True), torch.inference_mode():
+        for n, past, pad in [(1, 6, 2), (2, 3, 0), (3, 0, 2), (1, 4, 0)]:
+            q, k, v, mask = _inputs(4, 9, 3, 16, n, past, pad)
+            if mask is None:
+                mask = torch.ones(4, 1, n, past + n, dtype=torch.bool)
+            derived = kernels.blocked(mask)
+            assert torch.equal(derived[0], ~mask) and derived[1] == bool((~mask).all(-1).any())
+            ref, _ = kernels.attention(_Attn(3), q, k, v, mask)
+            got, _ = kernels.attention(_Attn(3), q, k, v, mask, blocked=derived)
+            assert torch.equal(got, ref)
+        assert kernels.blocked(None) is None and kernels.blocked(mask.float()) is None
+        assert kernels.blocked(mask.expand(4, 9, *mask.shape[2:])) is None  # a mask per head: not `attention`'s
+        q, k, v, mask = _inputs(4, 9, 3, 16, 3, 0, 2)
+        assert kernels.blocked(mask)[1]  # row 0's first queries may attend to nothing
+        got, _ = kernels.attention(_Attn(3), q, k, v, mask, blocked=kernels.blocked(mask))
+        assert torch.equal(got[0, :2], torch.zeros_like(got[0, :2]))
+    assert kernels.blocked(mask) is None  # outside the switch

@@ -102,11 +102,18 @@ def _packed_copy(m: nn.Module, name: str, tensors: list[torch.Tensor], make) -> 
 
 
 def fused_product(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """`fused_whole` split back into one output per layer (views); None where the layers' own calls must run."""
+    y = fused_whole(owner, parts, x)
+    return None if y is None else y.split([m.weight.shape[0] for m in parts], dim=-1)
+
+
+def fused_whole(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor | None:
     """The products of `parts` (`PackedLinear` layers that read the same input `x`, such as an attention's query,
     key and value projections or an MLP's gate and up projections) as ONE packed product with their weights side by
-    side, split back into one output per layer (views); None where the layers' own calls must run: outside
-    `prepacked`, with gradients, off the CPU, another dtype, a layer that is not a `PackedLinear` (a LoRA wrapper) or
-    has hooks, global hooks, mixed biases, or a call too small to gain (the fused weight decides as one layer would).
+    side: (..., sum of their output widths), one layer's outputs after the other's along the last dimension; None
+    where the layers' own calls must run: outside `prepacked`, with gradients, off the CPU, another dtype, a layer
+    that is not a `PackedLinear` (a LoRA wrapper) or has hooks, global hooks, mixed biases, or a call too small to
+    gain (the fused weight decides as one layer would).
 
     One call in place of three (or two): oneDNN's fixed cost per call and the small key/value products (which a
     decode step of a few rows multiplies unpacked, `packs`) were ~15% of the linear layers' time at one row. Each
@@ -125,11 +132,10 @@ def fused_product(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tenso
     total = sum(w.numel() for w in weights)
     if not (any(m.__dict__.get("_always", False) for m in parts) or x.numel() // x.shape[-1] * total >= PACK_WORK):
         return None
-    packed = _packed_copy(owner, "_fused_packed", weights + [b for b in biases if b is not None], lambda: (
-        torch.cat([w.detach() for w in weights]), None if biases[0] is None else torch.cat([b.detach() for b in biases]),
-        [w.shape[0] for w in weights]))
-    y = torch.ops.mkldnn._linear_pointwise(x, packed[1], packed[2], "none", [], "")
-    return y.split(packed[3], dim=-1)
+    bias = None if biases[0] is None else biases
+    packed = _packed_copy(owner, "_fused_packed", weights + (bias or []), lambda: (
+        torch.cat([w.detach() for w in weights]), None if bias is None else torch.cat([b.detach() for b in bias])))
+    return torch.ops.mkldnn._linear_pointwise(x, packed[1], packed[2], "none", [], "")
 
 
 class PackedLinear(nn.Linear):

@@ -22,8 +22,10 @@ not turn this off: it changes no value; `Engine.fast = False` does (benchmarks c
 
 from __future__ import annotations
 
+import ast
 import inspect
 import sys
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +46,9 @@ class _Plan:
     mask: Any  # HF's create_causal_mask
     mask_kw: dict[str, str]  # its parameter names in this transformers
     skipped: list[torch.nn.Module]  # the modules whose own forward the lean step does not call
-    fuse: Any = None  # `decoding.prepack.fused_product` (llama family): q/k/v and, where `mlp` is set, gate/up
+    fuse: Any = None  # `decoding.prepack.fused_whole` (llama family): q/k/v and, where `mlp` is set, gate/up
     mlp: bool = False  # the MLP's forward is down(act(gate(x)) * up(x)), so it may run with gate/up fused
+    joint: bool = False  # `rotary` is HF's rotation of q and k (`_rotary_matches`): a fused q/k/v rotates at once
 
 
 _SUPPORTED = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "llama"}
@@ -104,10 +107,11 @@ def _make_plan(model: torch.nn.Module) -> _Plan | None:
     made = _Plan(family, base, core.lm_head, layers, sdpa_attention_forward, rotary, create_causal_mask, mask_kw,
                  [model, core, base, *layers, *attns])
     if family == "llama":
-        from latentcot.decoding.prepack import fused_product  # (prepack imports this module)
+        from latentcot.decoding.prepack import fused_whole  # (prepack imports this module)
 
-        made.fuse = fused_product
+        made.fuse = fused_whole
         made.mlp = all(_mlp_matches(type(b.mlp)) for b in layers)
+        made.joint = _rotary_matches(rotary, modeling)
     return made
 
 
@@ -122,6 +126,29 @@ def _mlp_matches(cls: type) -> bool:
         return False
     body = [ln for ln in lines[1:] if ln and not ln.startswith("#")]
     return body in ([f"down_proj = {_MLP}", "return down_proj"], [f"return {_MLP}"])
+
+
+# HF's rotary embedding of the llama family (Llama's and Qwen2's `apply_rotary_pos_emb` and `rotate_half`), statement
+# by statement (docstrings aside, as `ast.unparse` writes them)
+_ROTARY = (["cos = cos.unsqueeze(unsqueeze_dim)", "sin = sin.unsqueeze(unsqueeze_dim)",
+            "q_embed = q * cos + rotate_half(q) * sin", "k_embed = k * cos + rotate_half(k) * sin",
+            "return (q_embed, k_embed)"],
+           ["x1 = x[..., :x.shape[-1] // 2]", "x2 = x[..., x.shape[-1] // 2:]", "return torch.cat((-x2, x1), dim=-1)"])
+
+
+def _rotary_matches(rotary: Any, modeling: Any) -> bool:
+    """Whether `rotary` (the modeling module's `apply_rotary_pos_emb`, not wrapped) and the module's `rotate_half`
+    compute exactly `_ROTARY`: then `_rotate` computes the same values for q and k heads side by side."""
+    half = getattr(modeling, "rotate_half", None)
+    if rotary is None or half is None or inspect.unwrap(rotary) is not rotary or inspect.unwrap(half) is not half:
+        return False
+    try:
+        bodies = [ast.parse(textwrap.dedent(inspect.getsource(f))).body[0].body for f in (rotary, half)]
+    except (OSError, TypeError, SyntaxError, AttributeError):
+        return False
+    code = [[ast.unparse(st) for st in body if not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant))]
+            for body in bodies]
+    return code == [list(c) for c in _ROTARY]
 
 
 def usable(p: _Plan | None) -> bool:
@@ -209,19 +236,22 @@ def forward(p: _Plan, embeds: torch.Tensor, mask: torch.Tensor, positions: torch
 
         cache = DynamicCache(config=p.base.config)
     causal = _mask(p, embeds, mask, positions, cache)
+    attend = (causal, kernels.blocked(causal))  # the mask, and what `kernels.attention` derives from it once per call
     hidden: list[torch.Tensor] = []
     if p.family == "gpt2":
         h = embeds + _call(p.base.wpe, positions).to(embeds.device)
         for layer in p.layers:
             hidden.append(h)
-            h = _gpt2_layer(p, layer, h, causal, cache)
+            h = _gpt2_layer(p, layer, h, attend, cache)
         h = _call(p.base.ln_f, h)
     else:
         h = embeds
-        rope = p.base.rotary_emb(h, position_ids=positions)
+        cos, sin = p.base.rotary_emb(h, position_ids=positions)
+        half = sin.shape[-1] // 2  # for `_rotate`: (B, n, 1, D), sin with its first half negated
+        rope = (cos, sin, cos.unsqueeze(2), torch.cat((-sin[..., :half], sin[..., half:]), -1).unsqueeze(2))
         for layer in p.layers:
             hidden.append(h)
-            h = _llama_layer(p, layer, h, causal, cache, rope)
+            h = _llama_layer(p, layer, h, attend, cache, rope)
         h = _call(p.base.norm, h)
     hidden.append(h)
     logits = _call(p.head, h[:, -logits_to_keep:, :] if logits_to_keep else h)
@@ -233,15 +263,19 @@ def _mask(p: _Plan, embeds, mask, positions, cache):
     return p.mask(config=p.base.config, attention_mask=mask, position_ids=positions, **kw)
 
 
-def _attention(p: _Plan, attn, q, k, v, causal, cache, proj):
-    """Both families' tail of the attention: the cache update, HF's SDPA function, the output projection."""
+def _attention(p: _Plan, attn, q, k, v, attend, cache, proj):
+    """Both families' tail of the attention: the cache update, HF's SDPA function, the output projection. `attend`:
+    (the call's mask, `kernels.blocked` of it)."""
     k, v = cache.update(k, v, attn.layer_idx)
-    attend = kernels.attention if kernels.fits(q, k, causal) else p.attend  # small calls: batched products (CPU)
-    out, _ = attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
+    causal, blocked = attend
+    if kernels.fits(q, k, causal):  # small calls: batched products (CPU)
+        out, _ = kernels.attention(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling, blocked=blocked)
+    else:
+        out, _ = p.attend(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling)
     return _call(proj, out.reshape(*out.shape[:-2], -1).contiguous())
 
 
-def _gpt2_layer(p: _Plan, block, h, causal, cache):
+def _gpt2_layer(p: _Plan, block, h, attend, cache):
     residual = h
     x = _call(block.ln_1, h)
     attn = block.attn
@@ -250,30 +284,49 @@ def _gpt2_layer(p: _Plan, block, h, causal, cache):
     k = k.view(shape_kv).transpose(1, 2)
     v = v.view(shape_kv).transpose(1, 2)
     q = q.view((*q.shape[:-1], -1, attn.head_dim)).transpose(1, 2)
-    h = _attention(p, attn, q, k, v, causal, cache, attn.c_proj) + residual
+    h = _attention(p, attn, q, k, v, attend, cache, attn.c_proj) + residual
     return h + _call(block.mlp, _call(block.ln_2, h))
 
 
-def _llama_layer(p: _Plan, layer, h, causal, cache, rope):
+def _llama_layer(p: _Plan, layer, h, attend, cache, rope):
     residual = h
     x = _call(layer.input_layernorm, h)
     attn = layer.self_attn
     shape = (*x.shape[:-1], -1, attn.head_dim)
-    qkv = p.fuse(attn, (attn.q_proj, attn.k_proj, attn.v_proj), x) if p.fuse is not None else None
+    parts = (attn.q_proj, attn.k_proj, attn.v_proj)
+    qkv = p.fuse(attn, parts, x) if p.fuse is not None else None
     if qkv is None:  # the layers' own calls
-        qkv = (_call(attn.q_proj, x), _call(attn.k_proj, x), _call(attn.v_proj, x))
-    q, k, v = (t.view(shape).transpose(1, 2) for t in qkv)
-    q, k = p.rotary(q, k, *rope)
-    h = residual + _attention(p, attn, q, k, v, causal, cache, attn.o_proj)
+        q, k, v = (_call(m, x).view(shape).transpose(1, 2) for m in parts)
+        q, k = p.rotary(q, k, *rope[:2])
+    else:  # one product, (B, n, q heads + key heads + value heads, D)
+        heads = qkv.view(shape)
+        nq, nk = (m.weight.shape[0] // attn.head_dim for m in parts[:2])
+        if p.joint:  # q and k heads side by side, rotated at once
+            qk = _rotate(heads[:, :, : nq + nk], *rope[2:])
+            q, k = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2)
+        else:
+            q, k = p.rotary(heads[:, :, :nq].transpose(1, 2), heads[:, :, nq : nq + nk].transpose(1, 2), *rope[:2])
+        v = heads[:, :, nq + nk :].transpose(1, 2)
+    h = residual + _attention(p, attn, q, k, v, attend, cache, attn.o_proj)
     return h + _mlp(p, layer.mlp, _call(layer.post_attention_layernorm, h))
+
+
+def _rotate(x, cos, signed_sin):
+    """HF's rotary embedding (`_ROTARY`) of heads x (B, n, h, D) with cos and sin (B, n, 1, D), sin's first half
+    negated: x cos + [x2, x1] [-sin1, sin2] is x cos + [-x2, x1] [sin1, sin2] with the same products and sums (a
+    product's sign is exact), in 4 kernels for q and k together instead of HF's 5 for each."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), -1) * signed_sin
 
 
 def _mlp(p: _Plan, mlp, x):
     """The llama family's MLP, down(act(gate(x)) * up(x)), with gate and up as one packed product where
-    `prepack.fused_product` takes the call (the MLP without hooks of its own); the MLP's own call otherwise."""
-    gate_up = p.fuse(mlp, (mlp.gate_proj, mlp.up_proj), x) if p.fuse and p.mlp and not own_hooks(mlp) else None
-    if gate_up is None:
+    `prepack.fused_whole` takes the call (the MLP without hooks of its own); the MLP's own call otherwise."""
+    parts = (mlp.gate_proj, mlp.up_proj)
+    both = p.fuse(mlp, parts, x) if p.fuse and p.mlp and not own_hooks(mlp) else None
+    if both is None:
         return _call(mlp, x)
+    gate, up = both.split([m.weight.shape[0] for m in parts], dim=-1)
     # the activation on a contiguous copy: an elementwise kernel over strided rows may round differently (SiLU's
     # vectorised and scalar paths); the product with `up` is exactly rounded either way
-    return _call(mlp.down_proj, _call(mlp.act_fn, gate_up[0].contiguous()) * gate_up[1])
+    return _call(mlp.down_proj, _call(mlp.act_fn, gate.contiguous()) * up)

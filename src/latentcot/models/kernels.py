@@ -28,6 +28,8 @@ import threading
 
 import torch
 
+from latentcot.decoding.sampling import _cpu_read  # a CPU tensor's value: no device read
+
 SMALL_SCORES = 1024  # at most this many scores (queries x keys) per key/value head and batch row, and
 MIN_HEAD_ROWS = 64  # at least this many (batch row, query head) pairs: `attention` replaces the flash kernel
 
@@ -73,11 +75,24 @@ def _future(n: int) -> torch.Tensor:
     return m
 
 
+def blocked(mask: torch.Tensor | None) -> tuple[torch.Tensor, bool] | None:
+    """What `attention` derives from a boolean mask, for a model call whose layers share it: (the mask's complement,
+    True = may not attend; whether some query may attend to nothing), computed once per call instead of in every
+    layer; None outside the switch or for a mask `attention` does not take."""
+    if not (getattr(state, "on", False) and mask is not None and mask.dtype is torch.bool and mask.dim() == 4
+            and mask.shape[1] == 1 and mask.is_cpu):
+        return None
+    out = mask.logical_not()
+    return out, _cpu_read(out.all(-1).any())
+
+
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-              **kwargs) -> tuple[torch.Tensor, None]:
+              blocked: tuple[torch.Tensor, bool] | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """HF's SDPA attention function as `bmm`, softmax, `bmm`: query (B, H, n, d), key and value (B, Hkv, T, d)
-    -> ((B, n, H, d) contiguous, None). Inference only (`dropout` must be 0)."""
+    -> ((B, n, H, d) contiguous, None). Inference only (`dropout` must be 0). `blocked`: `blocked(attention_mask)`,
+    where the caller has it (a softmax whose every row may attend to something needs no zeroing: the same values
+    with two kernels fewer)."""
     if dropout:
         raise ValueError("kernels.attention is for inference: dropout must be 0")
     B, H, n, d = query.shape
@@ -90,8 +105,10 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     scores = torch.bmm(q, key.reshape(B * kv, T, d).transpose(1, 2))  # (B * kv, g * n, T)
     scores.mul_(d**-0.5 if scaling is None else scaling)
     if attention_mask is not None:
-        scores.view(B, kv, g, n, T).masked_fill_(attention_mask[:, :, None].logical_not(), _NEG)
-        probs = torch.ops.aten._safe_softmax(scores, -1)  # a row that may attend to nothing gives zeros, as SDPA
+        off, empty = blocked if blocked is not None else (attention_mask.logical_not(), True)
+        scores.view(B, kv, g, n, T).masked_fill_(off[:, :, None], _NEG)
+        # a row that may attend to nothing gives zeros, as SDPA (softmax and then zeros where a row is all -inf)
+        probs = torch.ops.aten._safe_softmax(scores, -1) if empty else torch.softmax(scores, -1)
     else:
         if n > 1:
             scores.view(B * kv, g, n, T).masked_fill_(_future(n), _NEG)
