@@ -21,12 +21,17 @@ with the nucleus cut by a sort of the whole vocabulary (`sampling.NUCLEUS_WIDTHS
 2026-12-01), must give the same tokens as engine static (HF and vLLM draw their own random numbers).
 
 Outputs are compared token for token against engine static. Arms run interleaved per batch size, so they see the
-same machine load; the bench prints the load and refuses to start when other processes hold the cores.
+same machine load; the bench prints the load and refuses to start when other processes hold the cores. With
+--repeats N every arm runs N times per batch size, in rounds (the arms' order rotating each round), and the table
+shows each arm's median over the rounds, with the per-round ratios to vLLM: on a shared virtual machine whose speed
+drifts by tens of percent within minutes, one run per arm can put two arms in different weather.
 
     python bench/throughput.py                                   # batch 8 and 32, 1 thread
     python bench/throughput.py --questions 64 --batch-sizes 32 --threads 2 --vllm-python /work/venvs/vllm/bin/python
     python bench/throughput.py --temperature 0.6 --top-p 0.95 --vllm off   # sampled decoding
     python bench/throughput.py --questions 8 --batch-sizes 8 --max-new-tokens 128 --ignore-eos   # fixed length
+    python bench/throughput.py --questions 16 --batch-sizes 8 --max-new-tokens 256 --threads 2 --repeats 3 \
+        --arms static,refill,vllm --vllm-python /work/venvs/vllm/bin/python   # three rounds against vLLM
     PYTHONPATH=OTHER/src python bench/throughput.py --batch-sizes 8 --arms static,refill   # another library's engine
 """
 
@@ -36,6 +41,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,6 +201,8 @@ def main() -> None:
     ap.add_argument("--arms", type=lambda v: [a.strip() for a in v.split(",") if a.strip()],
                     help="only these arms, comma-separated, of: static, refill, hf, vllm (default: all that apply); "
                          "e.g. --arms static,refill to time the engine alone, over one library and then another")
+    ap.add_argument("--repeats", type=positive_int, default=1,
+                    help="rounds of every arm per batch size (medians shown, with the per-round ratios to vLLM)")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     short = {"static": "engine static", "refill": "engine refill", "hf": "HF generate()", "vllm": "vLLM"}
@@ -223,8 +231,10 @@ def main() -> None:
     length = "EOS ignored: exactly" if gen.ignore_eos else "EOS on, max"
     print(f"{args.model}, {len(exs)} GSM8K questions (cot prompts, {sum(map(len, prompts)) / len(prompts):.0f} prompt "
           f"tokens on average), {decoding}, {length} {args.max_new_tokens} new tokens, {args.threads} thread(s)")
-    print("| batch | arm | wall s | tokens/s | questions/s | vs HF | same tokens as engine static |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    rounds = f", median of {args.repeats} rounds" if args.repeats > 1 else ""
+    print(f"| batch | arm | wall s{rounds} | tokens/s | questions/s | vs HF | vs vLLM (per round) "
+          "| same tokens as engine static |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     results = []
     for batch in args.batch_sizes:
         arms = {
@@ -240,27 +250,44 @@ def main() -> None:
         if python is not None:
             arms["vLLM"] = lambda b=batch: run_vllm(python, bb, prompts, gen, b, args.threads)
         arms = {name: fn for name, fn in arms.items() if name not in skipped}
+        walls: dict[str, list[float]] = {name: [] for name in arms}
         got = {}
-        for name, fn in arms.items():
-            try:
-                got[name] = fn()
-                print(f"#  {name}, batch {batch}: {got[name][0]:.1f} s", flush=True)  # progress (table below)
-            except VLLMFailed as e:
-                print(f"| {batch} | vLLM | failed: see below | | | | |\n{e}", flush=True)
-        ref = got["engine static"][1]
-        hf = got["HF generate()"][0] if "HF generate()" in got else None
-        for name, (wall, toks) in got.items():
+        names = list(arms)
+        for r in range(args.repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:  # the order rotates every round
+                if name in got and got[name] is None:
+                    continue  # failed in an earlier round
+                try:
+                    wall, toks = arms[name]()
+                    walls[name].append(wall)
+                    got[name] = toks
+                    print(f"#  {name}, batch {batch}, round {r + 1}: {wall:.1f} s", flush=True)  # progress
+                except VLLMFailed as e:
+                    got[name] = None
+                    print(f"| {batch} | vLLM | failed: see below | | | | | |\n{e}", flush=True)
+        got = {name: toks for name, toks in got.items() if toks is not None}
+        ref = got["engine static"]
+        wall_of = {name: statistics.median(walls[name]) for name in got}
+        hf = wall_of.get("HF generate()")
+        for name, toks in got.items():
+            wall = wall_of[name]
             n = sum(len(t) for t in toks)
             same = sum(a == b for a, b in zip(toks, ref))
             own_draws = not gen.greedy and name in ("HF generate()", "vLLM")
             shown = "- (own random draws)" if own_draws else f"{same}/{len(ref)}"
             vs_hf = "-" if hf is None else f"{hf / wall:.2f}x"
-            print(f"| {batch} | {name} | {wall:.1f} | {n / wall:.1f} | {len(exs) / wall:.2f} | {vs_hf} | {shown} |",
-                  flush=True)
-            results.append({"batch": batch, "arm": name, "wall": wall, "tokens": n, "same": same})
+            vs_vllm = "-"
+            if "vLLM" in got:
+                per = [v / w for v, w in zip(walls["vLLM"], walls[name])]
+                vs_vllm = f"{wall_of['vLLM'] / wall:.2f}x" + (f" ({', '.join(f'{x:.2f}' for x in per)})"
+                                                              if len(per) > 1 else "")
+            print(f"| {batch} | {name} | {wall:.1f} | {n / wall:.1f} | {len(exs) / wall:.2f} | {vs_hf} | {vs_vllm} "
+                  f"| {shown} |", flush=True)
+            results.append({"batch": batch, "arm": name, "wall": wall, "walls": walls[name], "tokens": n,
+                            "same": same})
         lengths = sorted(len(t) for t in ref)
         print(f"|  | (generated tokens per question: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
-              f"max {lengths[-1]}) | | | | | |")
+              f"max {lengths[-1]}) | | | | | | |")
     print(verdict(watch))
     if python is None:
         print("vLLM: not importable here (optional row; --vllm-python VENV/bin/python to add it)")

@@ -95,3 +95,41 @@ def test_slack_layer_trim_is_a_view_and_updates_after_it():
     slack.keys = slack.keys.clone()  # replaced from outside: trim slices, the next update re-buffers
     slack.trim(1)
     assert not slack.owned() and slack.keys.shape[2] == 6
+
+
+def test_compact_order_moves_the_fewest_rows():
+    assert rows_mod.compact_order(5, [1]) == [0, 4, 2, 3]  # slot 1 takes the last row
+    assert rows_mod.compact_order(5, [3, 4]) == [0, 1, 2]  # nothing moves
+    assert rows_mod.compact_order(6, [0, 2, 5]) == [4, 1, 3]
+    assert rows_mod.compact_order(3, [0, 1, 2]) == []
+    for n, leave in [(7, [0, 3]), (8, [1, 2, 6]), (4, [2])]:
+        keep = rows_mod.compact_order(n, leave)
+        assert sorted(keep) == [b for b in range(n) if b not in leave]
+        assert all(b == i or b >= len(keep) for i, b in enumerate(keep))
+
+
+@pytest.mark.parametrize("leave", [[0], [1], [0, 2], [2, 3]])
+def test_rows_leaving_in_place_decode_as_gathered_rows(tiny, leave):
+    """Rows leaving a running batch in `compact_order`'s order move only the rows that change slot, within the
+    same buffers; the kept rows then decode bitwise as when they are gathered into new buffers (the copying path)."""
+    eng = Engine(tiny)
+    eng._split = False
+    texts = [*QUESTIONS, "Four plus four?"]
+    keep = rows_mod.compact_order(4, leave)
+    moved = _stepped(eng, tiny, texts, 3)
+    buffers = [layer._slack[0].data_ptr() for layer in moved.cache.layers]
+    moved = rows_mod.select_rows(moved, keep)
+    assert [layer._slack[0].data_ptr() for layer in moved.cache.layers] == buffers  # no new buffers
+    gathered = _stepped(eng, tiny, texts, 3)
+    for layer in gathered.cache.layers:
+        layer.keys = layer.keys.clone()  # no longer the slack layer's own views: `select_rows` gathers
+    gathered = rows_mod.select_rows(gathered, keep)
+    assert [layer._slack[0].data_ptr() for layer in gathered.cache.layers] != buffers
+    assert moved.lengths == gathered.lengths and moved.attention_mask.shape == gathered.attention_mask.shape
+    for _ in range(4):
+        assert torch.equal(moved.logits, gathered.logits)
+        for a, b in zip(moved.cache.layers, gathered.cache.layers):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        moved = eng.step_tokens(moved, moved.logits.argmax(-1))
+        gathered = eng.step_tokens(gathered, gathered.logits.argmax(-1))
+    assert moved.next_position.tolist() == gathered.next_position.tolist()

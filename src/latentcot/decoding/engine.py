@@ -23,7 +23,15 @@ from typing import Protocol
 import torch
 
 from latentcot.decoding import prepack
-from latentcot.decoding.rows import append_rows, concat_states, place_rows, select_rows, supports_rows, use_slack
+from latentcot.decoding.rows import (
+    append_rows,
+    compact_order,
+    concat_states,
+    place_rows,
+    select_rows,
+    supports_rows,
+    use_slack,
+)
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens
 from latentcot.decoding.stopping import StopMatcher
 from latentcot.models.backbone import Backbone
@@ -317,7 +325,7 @@ class Engine:
                 # finished rows whose slots the new rows take in place after this step (`place_rows`); the other
                 # finished rows leave the batch now
                 slots = done[: new[0].batch_size] if new is not None and len(done) < len(rows) else []
-                keep = [b for b, r in enumerate(rows) if not r.finished or b in slots]
+                keep = compact_order(len(rows), [b for b, r in enumerate(rows) if r.finished and b not in slots])
                 if len(keep) < len(rows):
                     if keep:
                         state = select_rows(state, keep)
@@ -350,7 +358,7 @@ class Engine:
                             rand.streams[b] = stream
                 elif rows:
                     if slots:  # not placed: the finished rows leave, the new ones are appended
-                        keep = [b for b in range(len(rows)) if b not in slots]
+                        keep = compact_order(len(rows), slots)
                         state = select_rows(state, keep)
                         rows = [rows[b] for b in keep]
                         rand = None if rand is None else rand.select(keep)

@@ -93,6 +93,18 @@ class SlackLayer(DynamicLayer):
         torch.index_select(values[:, :, lead:], 0, idx, out=vb.narrow(2, 0, t))
         self._hand_out(kb, vb, 0, t)
 
+    @torch.inference_mode()  # the buffers may be inference tensors (written in place)
+    def keep_first(self, moves: Sequence[tuple[int, int]], m: int, lead: int) -> None:
+        """Row `dst` takes row `src`'s keys and values for each (dst, src) in `moves` (every src >= m, so no source
+        is overwritten), then the first `m` rows stay, without their first `lead` positions: views of the same
+        buffers, so only the moved rows are copied. Needs `owned()`."""
+        kb, vb, start = self._slack[:3]
+        t = self.keys.shape[2] - lead
+        for dst, src in moves:
+            self.keys[dst, :, lead:].copy_(self.keys[src, :, lead:])
+            self.values[dst, :, lead:].copy_(self.values[src, :, lead:])
+        self._hand_out(kb[:m], vb[:m], start + lead, t)
+
     def _hand_out(self, kb: torch.Tensor, vb: torch.Tensor, start: int, t: int) -> None:
         self.keys, self.values = kb.narrow(2, start, t), vb.narrow(2, start, t)
         self._slack = (kb, vb, start, self.keys, self.values)
@@ -116,13 +128,32 @@ def _kv(cache: DynamicCache) -> list[DynamicLayer]:
     return list(cache.layers)
 
 
+def compact_order(n: int, leave: Sequence[int]) -> list[int]:
+    """The rows to keep (for `select_rows`) when rows `leave` of `n` leave the batch, in the order that moves the
+    fewest: a kept row below the new row count stays in its slot, and each slot left free below it takes a kept row
+    from above it (the last first). A row's slot changes nothing in its values (every kernel computes rows on
+    their own; refill already puts new rows into any free slot)."""
+    gone = set(leave)
+    m = n - len(gone)
+    above = [b for b in range(m, n) if b not in gone]
+    return [above.pop() if b in gone else b for b in range(m)]
+
+
 def select_rows(state, keep: Sequence[int]):
-    """Keeps rows `keep` (in that order) of `state`, in place, and trims columns that became all padding."""
+    """Keeps rows `keep` (in that order) of `state`, in place, and trims columns that became all padding. Where
+    every row that changes slot comes from beyond the kept count (`compact_order`'s order) and the cache is made
+    of the engine's own slack buffers, only the moved rows' keys and values are copied (`SlackLayer.keep_first`);
+    otherwise the kept rows are gathered into new buffers."""
     idx = torch.tensor(list(keep), dtype=torch.long, device=state.attention_mask.device)
     lengths = [state.lengths[b] for b in keep]
     lead = state.attention_mask.shape[1] - max(lengths)  # leading columns no kept row uses
-    for layer in _kv(state.cache):
-        if type(layer) is SlackLayer:
+    m, layers = len(keep), _kv(state.cache)
+    moves = [(i, b) for i, b in enumerate(keep) if b != i]
+    in_place = all(b >= m for _, b in moves) and all(type(layer) is SlackLayer and layer.owned() for layer in layers)
+    for layer in layers:
+        if in_place:
+            layer.keep_first(moves, m, lead)
+        elif type(layer) is SlackLayer:
             layer.take_rows(idx, lead)
         else:
             layer.keys = layer.keys.index_select(0, idx)[:, :, lead:]  # (B', H, T - lead, D)

@@ -13,6 +13,12 @@ kernel sees the same inputs: logits, the last hidden state and the cache are bit
 exception is a choice of kernel, not of function: inside the engine's CPU switch (`decoding.prepack.prepacked`) a
 small attention call runs as `kernels.attention`, HF's SDPA function up to float rounding (`kernels.fits`).
 
+Inside that switch, a Llama/Qwen2 layer also computes its q/k/v projections as one packed product (and the MLP's
+gate/up as another, `prepack.fused_whole`), rotates q and k at once from it where the model's rotary code is HF's
+(`_rotate`, `_ROTARY`: the same products and sums, bitwise), and the attention mask's complement and its empty rows
+are derived once per call for all layers (`kernels.blocked`). Each saves kernels, not arithmetic:
+`python bench/lean_step.py` times them step by step.
+
 Supported: `GPT2LMHeadModel`, `LlamaForCausalLM` and `Qwen2ForCausalLM` with SDPA attention, in eval mode, with
 the plain options of their configs (no cross-attention, GPT-2's attention scaling by the head size only, Qwen2
 without sliding windows), on transformers whose layer code matches what this module mirrors (checked once per
