@@ -101,12 +101,6 @@ def _packed_copy(m: nn.Module, name: str, tensors: list[torch.Tensor], make) -> 
     return packed
 
 
-def fused_product(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-    """`fused_whole` split back into one output per layer (views); None where the layers' own calls must run."""
-    y = fused_whole(owner, parts, x)
-    return None if y is None else y.split([m.weight.shape[0] for m in parts], dim=-1)
-
-
 def fused_whole(owner: nn.Module, parts: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor | None:
     """The products of `parts` (`PackedLinear` layers that read the same input `x`, such as an attention's query,
     key and value projections or an MLP's gate and up projections) as ONE packed product with their weights side by

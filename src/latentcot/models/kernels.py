@@ -57,11 +57,16 @@ def fits(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> b
     if not (getattr(state, "on", False) and query.dtype is torch.float32 and query.is_cpu
             and not torch.is_grad_enabled()):
         return False
-    if mask is not None and (mask.dtype is not torch.bool or mask.dim() != 4 or mask.shape[1] != 1):
+    if mask is not None and not _shared(mask):
         return False
     heads, kv_heads = query.shape[1], key.shape[1]
     return (heads % kv_heads == 0 and query.shape[0] * heads >= MIN_HEAD_ROWS
             and (heads // kv_heads) * query.shape[2] * key.shape[2] <= SMALL_SCORES)
+
+
+def _shared(mask: torch.Tensor) -> bool:
+    """Whether `attention` takes this mask: boolean, (B, 1, n, T), one mask shared by the heads."""
+    return mask.dtype is torch.bool and mask.dim() == 4 and mask.shape[1] == 1
 
 
 _upper: dict[int, torch.Tensor] = {}
@@ -79,8 +84,7 @@ def blocked(mask: torch.Tensor | None) -> tuple[torch.Tensor, bool] | None:
     """What `attention` derives from a boolean mask, for a model call whose layers share it: (the mask's complement,
     True = may not attend; whether some query may attend to nothing), computed once per call instead of in every
     layer; None outside the switch or for a mask `attention` does not take."""
-    if not (getattr(state, "on", False) and mask is not None and mask.dtype is torch.bool and mask.dim() == 4
-            and mask.shape[1] == 1 and mask.is_cpu):
+    if not (getattr(state, "on", False) and mask is not None and _shared(mask) and mask.is_cpu):
         return None
     out = mask.logical_not()
     return out, _cpu_read(out.all(-1).any())
