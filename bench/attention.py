@@ -10,6 +10,13 @@ ratio, the largest difference of their outputs, and marks the calls the rule sen
 two are timed in turns, in an order shuffled every round.
 
     .venv/bin/python bench/attention.py [--threads 2] [--batches 1,8,32]
+    .venv/bin/python bench/attention.py --keys [--batches 1,4,8,32]   # the decode cache's key layout
+
+`--keys` times decode steps of smollm2's shape the way a step meets them: one call per layer over 30 layers'
+caches in turn (so the keys and values come from memory, not from the CPU's caches, as in a real step), for keys
+stored as HF stores them, (T, d) per row and head, and stored transposed, (d, T) (`kernels.key_request`): HF's
+function (the flash kernel) and `kernels.attention` on each. The keys are one view of the same numbers either way;
+the largest output difference to the flash kernel on row-major keys is shown, and `<-` marks what the engine runs.
 """
 
 from __future__ import annotations
@@ -70,15 +77,57 @@ def cell(model: str, batch: int, n: int, T: int, rounds: int) -> str:
     return f"{t['hf']:.0f} / {t['ours']:.0f} ({t['hf'] / t['ours']:.2f}x, {diff:.0e}){' *' if rule else ''}"
 
 
+def keys_cell(batch: int, T: int, rounds: int) -> str:
+    """A decode step of smollm2's attention over 30 layers' caches (from memory): us per call for the flash kernel
+    and `kernels.attention` on row-major keys and `kernels.attention` on transposed keys."""
+    heads, kv, d = MODELS["smollm2-135m"]
+    layers = 30
+    keys = [torch.randn(batch, kv, T + 16, d).narrow(2, 0, T) for _ in range(layers)]
+    flipped = [torch.empty(batch, kv, d, T + 16).transpose(2, 3).narrow(2, 0, T).copy_(k) for k in keys]
+    values = [torch.randn(batch, kv, T + 16, d).narrow(2, 0, T) for _ in range(layers)]
+    q = [torch.randn(batch, 1, heads, d).transpose(1, 2) for _ in range(layers)]
+    attn = _Attn(heads // kv)
+
+    def sweep(fn, ks):
+        return lambda: [fn(attn, q[i], ks[i], values[i], None, scaling=d**-0.5)[0] for i in range(layers)]
+
+    arms = {"flash": sweep(sdpa_attention_forward, keys), "bmm": sweep(kernels.attention, keys),
+            "bmm, keys (d, T)": sweep(kernels.attention, flipped)}
+    ref = arms["flash"]()[0]
+    diff = max(float((arm()[0] - ref).abs().max()) for arm in arms.values())
+    t = {k: v / layers for k, v in timed(arms, rounds).items()}
+    before = kernels.set_active(True)
+    flip = kernels.key_request(torch.empty(batch, 1, d)) is not None
+    taken = "bmm, keys (d, T)" if flip else ("bmm" if kernels.fits(q[0], keys[0], None) else "flash")
+    kernels.set_active(before)
+    return " / ".join(f"{t[k]:.0f}{' <-' if k == taken else ''}" for k in arms) + \
+        f" ({t['flash'] / t['bmm, keys (d, T)']:.2f}x, {t['bmm'] / t['bmm, keys (d, T)']:.2f}x; {diff:.0e})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,8,32", type=positive_ints, help="batch rows per call")
     ap.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
     ap.add_argument("--rounds", type=positive_int, default=200, help="timed calls of each")
+    ap.add_argument("--keys", action="store_true", help="decode steps over 30 layers' caches, keys stored two ways")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     watch = preflight(args.allow_contended)
+    if args.keys:
+        print(f"smollm2-135m decode step (1 query, {MODELS['smollm2-135m']} heads / kv heads / dims), us per layer "
+              f"over 30 layers' caches: flash (keys (T, d)) / bmm (keys (T, d)) / bmm (keys (d, T)), then flash and "
+              f"bmm on (T, d) against bmm on (d, T), largest output difference; <- = the engine's choice; "
+              f"{torch.get_num_threads()} thread(s)")
+        print("| keys | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
+        print("|---:|" + "---:|" * len(args.batches))
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            for T in (128, 256, 512, 1024):
+                cells = [keys_cell(b, T, max(3, args.rounds // 20)) for b in args.batches]
+                print(f"| {T} | " + " | ".join(cells) + " |", flush=True)
+        print(verdict(watch))
+        return
     print(f"us per call, HF's SDPA function (flash kernel) / kernels.attention (HF / ours, largest difference); "
           f"* = the engine's rule (SMALL_SCORES {kernels.SMALL_SCORES}, MIN_HEAD_ROWS {kernels.MIN_HEAD_ROWS}); "
           f"{torch.get_num_threads()} thread(s)")

@@ -2,13 +2,15 @@
 
 The engine's lean call (`models/fastpath.py`) makes choices that change no value: q/k/v and gate/up as one packed
 product each (`prepack.fused_whole`), q and k rotated at once from that product (`fastpath._rotate`), the attention
-mask's complement and its empty rows derived once per call instead of in every layer (`kernels.blocked`). Each arm
-below turns some of them off; all arms step their own copy of one prefilled state with the same greedy tokens,
-taking turns step by step in an order shuffled every round (seeded), so the machine's drift hits them alike. The
-rotation's and the mask's arms must give the default's logits with torch.equal at every step (the bench stops
-otherwise); 'no fused products' (small key/value layers then multiply unpacked at a few rows, `prepack.packs`) and
-'HF forward' (the engine with `Engine.fast = False`: HF's SDPA function in place of the small-call attention) sum
-in other orders and are shown with their largest logit difference.
+mask's complement and its empty rows derived once per call instead of in every layer (`kernels.blocked`); and one that
+changes the summation order: keys stored transposed in the decode cache, which
+`kernels.attention` multiplies as a plain operand (`kernels.key_request`). Each arm below turns some of them off; all
+arms step their own copy of one prefilled state with the same greedy tokens, taking turns step by step in an order
+shuffled every round (seeded), so the machine's drift hits them alike. The rotation's and the mask's arms must give
+the default's logits with torch.equal at every step (the bench stops otherwise); 'keys row-major', 'no fused products'
+(small key/value layers then multiply unpacked at a few rows, `prepack.packs`) and 'HF forward' (the engine with
+`Engine.fast = False`: HF's SDPA function in place of the small-call attention) sum in other orders and are shown with
+their largest logit difference.
 
     python bench/lean_step.py                                   # smollm2, batch 1, 8, 32, 96 steps, 2 threads
     python bench/lean_step.py --batch-sizes 8 --steps 200 --threads 1
@@ -33,33 +35,35 @@ from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
 from latentcot.tasks import get_task
 
-# arm -> (fused products, joint rotation, mask derived once per call, lean call)
+# arm -> (fused products, joint rotation, mask derived once per call, keys stored transposed, lean call)
 ARMS = {
-    "lean (default)": (True, True, True, True),
-    "mask in every layer": (True, True, False, True),
-    "rotation per tensor": (True, False, True, True),
-    "both, per layer": (True, False, False, True),
-    "no fused products": (False, False, False, True),
-    "HF forward": (False, False, False, False),
+    "lean (default)": (True, True, True, True, True),
+    "mask in every layer": (True, True, False, True, True),
+    "rotation per tensor": (True, False, True, True, True),
+    "both, per layer": (True, False, False, True, True),
+    "keys row-major": (True, True, True, False, True),
+    "no fused products": (False, False, False, False, True),
+    "HF forward": (False, False, False, False, False),
 }
 EXACT = ["mask in every layer", "rotation per tensor", "both, per layer"]  # must equal the default bitwise
-OTHER = ["no fused products", "HF forward"]  # other summation orders: largest logit difference shown
+OTHER = ["keys row-major", "no fused products", "HF forward"]  # other summation orders: largest logit difference
 
 
 @contextlib.contextmanager
 def arm(method, name: str):
     """The engine as arm `name` makes it, for one step."""
-    fused, joint, once, lean = ARMS[name]
+    fused, joint, once, flip, lean = ARMS[name]
     p = fastpath.plan(method.backbone.model)
-    saved = (p.fuse, p.joint, kernels.blocked, method.engine.fast)
+    saved = (p.fuse, p.joint, kernels.blocked, kernels.TRANSPOSED_KEYS, method.engine.fast)
     p.fuse = saved[0] if fused else None
     p.joint = saved[1] and joint
     kernels.blocked = saved[2] if once else (lambda mask: None)
+    kernels.TRANSPOSED_KEYS = saved[3] and flip  # row-major keys: the cache re-buffers at its first step
     method.engine.fast = lean
     try:
         yield
     finally:
-        p.fuse, p.joint, kernels.blocked, method.engine.fast = saved
+        p.fuse, p.joint, kernels.blocked, kernels.TRANSPOSED_KEYS, method.engine.fast = saved
 
 
 def run(method, task, batch: int, steps: int, seed: int) -> dict[str, float]:

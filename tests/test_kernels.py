@@ -25,13 +25,14 @@ class _Attn(torch.nn.Module):
         self.num_key_value_groups, self.is_causal = groups, True
 
 
-def _inputs(B, H, kv, d, n, past, pad):
-    """query (B, H, n, d) as the projections give it, keys and values as views into a cache with spare room, and
-    HF's mask for them: None for a prefill without padding or a step without padding, else a boolean mask (True =
-    attend) with the causal part and `pad` padded positions in front of row 0."""
+def _inputs(B, H, kv, d, n, past, pad, flip=False):
+    """query (B, H, n, d) as the projections give it, keys and values as views into a cache with spare room (keys
+    stored (d, T) per row and head with `flip`, as `kernels.key_request` asks), and HF's mask for them: None for a
+    prefill without padding or a step without padding, else a boolean mask (True = attend) with the causal part and
+    `pad` padded positions in front of row 0."""
     T = past + n
     q = torch.randn(B, n, H, d).transpose(1, 2)
-    k = torch.randn(B, kv, T + 5, d).narrow(2, 0, T)
+    k = (torch.randn(B, kv, d, T + 5).transpose(2, 3) if flip else torch.randn(B, kv, T + 5, d)).narrow(2, 0, T)
     v = torch.randn(B, kv, T + 5, d).narrow(2, 0, T)
     if not pad and (past == 0 or n == 1):
         return q, k, v, None
@@ -41,11 +42,13 @@ def _inputs(B, H, kv, d, n, past, pad):
     return q, k, v, keep[:, None, None, :] & causal[None, None]
 
 
+@pytest.mark.parametrize("flip", [False, True], ids=["keys row-major", "keys transposed"])
 @pytest.mark.parametrize("B,H,kv,d", [(3, 4, 4, 8), (2, 4, 2, 16), (2, 9, 3, 64)])
-def test_attention_equals_hfs_sdpa_function_on_every_mask(B, H, kv, d):
+def test_attention_equals_hfs_sdpa_function_on_every_mask(B, H, kv, d, flip):
     torch.manual_seed(0)
     for n, past, pad in itertools.product([1, 2, 5], [0, 3], [0, 2]):
-        q, k, v, mask = _inputs(B, H, kv, d, n, past, pad)
+        q, k, v, mask = _inputs(B, H, kv, d, n, past, pad, flip)
+        assert kernels.transposed(k) == flip
         for scaling in (None, 0.3):
             ref, _ = sdpa_attention_forward(_Attn(H // kv), q, k, v, mask, scaling=scaling)
             got, none = kernels.attention(_Attn(H // kv), q, k, v, mask, scaling=scaling)
@@ -87,6 +90,23 @@ def test_fits_only_inside_the_switch_for_small_float32_inference_calls():
         assert not kernels.fits(q, k, None)
 
 
+def test_keys_stored_transposed_are_asked_in_the_engines_calls_and_always_fit():
+    """`key_request` asks for transposed keys in the engine's float32 CPU inference calls; such keys take
+    `attention` at any size (the flash kernel reads them slowly), outside the switch they do not."""
+    x = torch.randn(1, 1, 16)
+    assert kernels.key_request(x) is None  # outside the engine's calls
+    with prepack.prepacked(True), torch.inference_mode():
+        assert kernels.key_request(x) == {kernels.KEYS_TRANSPOSED: True}
+        assert kernels.key_request(x.double()) is None
+        q = torch.randn(1, 4, 1, 8)
+        long = torch.randn(1, 2, 8, kernels.SMALL_SCORES).transpose(2, 3)  # one row, many scores: still fits
+        assert kernels.transposed(long) and kernels.fits(q, long, None)
+        assert not kernels.fits(q, long.contiguous(), None)
+        assert not kernels.fits(q, long, torch.ones(1, 4, 1, kernels.SMALL_SCORES, dtype=torch.bool))  # per head
+    with prepack.prepacked(True), torch.enable_grad():
+        assert kernels.key_request(x) is None and not kernels.fits(q, long, None)
+
+
 @pytest.mark.parametrize("alias", ["tiny-gpt2", "tiny-llama"])
 def test_engine_steps_with_the_small_attention_equal_hfs_forward(alias, monkeypatch):
     """A padded batch of 16 rows (64 row-heads: the small attention applies) through the engine's prefill and
@@ -104,6 +124,8 @@ def test_engine_steps_with_the_small_attention_equal_hfs_forward(alias, monkeypa
     state = eng.step_tokens(state, ids[:, 0])
     state = eng.step_tokens(state, ids[:, 1:])
     assert len(calls) == (2 * bb.model.config.num_hidden_layers if _lean(bb) else 0)
+    # the lean call's steps keep keys transposed, HF's forward as HF stores them
+    assert all(kernels.transposed(layer.keys) == _lean(bb) for layer in state.cache.layers)
     full_ids = torch.cat([batch.input_ids, ids], dim=1)
     mask = torch.cat([batch.attention_mask, torch.ones(16, 3, dtype=batch.attention_mask.dtype)], dim=1)
     with torch.no_grad():

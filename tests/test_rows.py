@@ -97,6 +97,43 @@ def test_slack_layer_trim_is_a_view_and_updates_after_it():
     assert not slack.owned() and slack.keys.shape[2] == 6
 
 
+def test_slack_layer_stores_keys_transposed_when_asked_with_the_same_values():
+    """Asked through the cache kwargs (`kernels.key_request`, as the lean call passes them), the layer stores keys
+    (D, T) per row and head and hands out (B, H, T, D) views of them: the same values as a concatenating layer, a
+    write into the spare room each step, back to row-major storage (the same values) when a call does not ask, and
+    row surgery (`take_rows`, `keep_first`) keeps the layout and copies the values exactly."""
+    from transformers.cache_utils import DynamicLayer
+
+    from latentcot.models import kernels
+
+    torch.manual_seed(3)
+    ask = {kernels.KEYS_TRANSPOSED: True}
+    kv = [(torch.randn(4, 2, n, 8), torch.randn(4, 2, n, 8)) for n in (6, 1, 1, 1, 2, 1)]
+    slack, plain = DynamicLayer(), DynamicLayer()
+    layouts = []
+    for i, (k, v) in enumerate(kv):
+        if i == 1:
+            slack.__class__ = rows_mod.SlackLayer
+        a = slack.update(k, v, None if i == 4 else ask)  # step 4: a call that does not ask
+        b = plain.update(k, v)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert a[1].stride(-1) == 1  # values stay row-major
+        layouts.append(kernels.transposed(a[0]))
+        if i == 2:
+            ptr = slack._slack[0].data_ptr()
+        if i == 3:
+            assert slack._slack[0].data_ptr() == ptr  # written into the spare room, no re-buffer
+    assert layouts == [False, True, True, True, False, True]  # the first call's DynamicLayer is HF's own
+    keep = torch.tensor([3, 1])
+    slack.take_rows(keep, 2)
+    assert kernels.transposed(slack.keys) and slack.owned()
+    assert torch.equal(slack.keys, plain.keys.index_select(0, keep)[:, :, 2:])
+    assert torch.equal(slack.values, plain.values.index_select(0, keep)[:, :, 2:])
+    before = slack.keys.clone()
+    slack.keep_first([(0, 1)], 1, 1)
+    assert kernels.transposed(slack.keys) and torch.equal(slack.keys, before[1:, :, 1:])
+
+
 def test_compact_order_moves_the_fewest_rows():
     assert rows_mod.compact_order(5, [1]) == [0, 4, 2, 3]  # slot 1 takes the last row
     assert rows_mod.compact_order(5, [3, 4]) == [0, 1, 2]  # nothing moves

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from latentcot.models.kernels import KEYS_TRANSPOSED, transposed
+
 
 def supports_rows(cache: object) -> bool:
     """True when every layer of `cache` is a plain DynamicLayer (or a SlackLayer) holding (B, H, T, D) keys and values."""
@@ -46,6 +48,11 @@ class SlackLayer(DynamicLayer):
     columns without a copy). Row surgery that assigns new `keys` / `values` (`select_rows`, `concat_states`) is
     seen at the next update (they are no longer the views it handed out), which re-buffers them; `place_rows`
     writes into the views in place. Decoding only (no autograd: the buffers are written in place).
+
+    Where the call's cache kwargs ask for it (`kernels.key_request`: the engine's lean CPU calls), the key buffer is
+    stored (D, room) per row and head and the keys handed out are transposed views of it, still (B, H, T, D): the
+    same numbers, which `kernels.attention` multiplies as a plain operand. A call that does not ask (or asks the
+    other way) re-buffers the keys as it wants them first.
     """
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -53,10 +60,12 @@ class SlackLayer(DynamicLayer):
         n = key_states.shape[-2]
         t = keys.shape[2]
         buf = self.__dict__.get("_slack")  # key buffer, value buffer, first used position, the views handed out
-        if not self.owned() or buf[2] + t + n > buf[0].shape[2]:
+        # the caller's cache kwargs (positional, as HF's attention passes them) may ask for keys stored transposed
+        flip = bool(args and isinstance(args[0], dict) and args[0].get(KEYS_TRANSPOSED))
+        if not self.owned() or buf[2] + t + n > buf[0].shape[2] or transposed(buf[0]) != flip:
             b, h, _, d = keys.shape
             room = t + n + _reserve(t + n)
-            kb = keys.new_empty(b, h, room, d)
+            kb = _empty_keys(keys, b, room, flip)
             vb = values.new_empty(b, values.shape[1], room, values.shape[3])
             kb.narrow(2, 0, t).copy_(keys)
             vb.narrow(2, 0, t).copy_(values)
@@ -87,7 +96,7 @@ class SlackLayer(DynamicLayer):
         keys, values = self.keys, self.values
         t = keys.shape[2] - lead
         room = t + _reserve(t)
-        kb = keys.new_empty(len(idx), keys.shape[1], room, keys.shape[3])
+        kb = _empty_keys(keys, len(idx), room, transposed(keys))
         vb = values.new_empty(len(idx), values.shape[1], room, values.shape[3])
         torch.index_select(keys[:, :, lead:], 0, idx, out=kb.narrow(2, 0, t))
         torch.index_select(values[:, :, lead:], 0, idx, out=vb.narrow(2, 0, t))
@@ -108,6 +117,19 @@ class SlackLayer(DynamicLayer):
     def _hand_out(self, kb: torch.Tensor, vb: torch.Tensor, start: int, t: int) -> None:
         self.keys, self.values = kb.narrow(2, start, t), vb.narrow(2, start, t)
         self._slack = (kb, vb, start, self.keys, self.values)
+
+
+def _empty_keys(like: torch.Tensor, b: int, room: int, flip: bool) -> torch.Tensor:
+    """A (b, H, room, D) key buffer like `like`'s; `flip`: stored (D, room) per row and head (a transposed view,
+    which `kernels.attention` multiplies as a plain operand; `kernels.key_request` says when)."""
+    h, d = like.shape[1], like.shape[3]
+    return like.new_empty(b, h, d, room).transpose(2, 3) if flip else like.new_empty(b, h, room, d)
+
+
+def slack_cache(cache: object) -> bool:
+    """Whether `cache` is made of SlackLayers (the engine's decode cache, `use_slack`)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and type(layers[0]) is SlackLayer
 
 
 def use_slack(cache: object) -> object:

@@ -11,7 +11,9 @@ embedding, `apply_rotary_pos_emb` and SDPA attention function, with the same arg
 kernel sees the same inputs: logits, the last hidden state and the cache are bitwise HF's
 (`tests/test_fastpath.py` compares them with `torch.equal` on padded batches, for every supported family). The one
 exception is a choice of kernel, not of function: inside the engine's CPU switch (`decoding.prepack.prepacked`) a
-small attention call runs as `kernels.attention`, HF's SDPA function up to float rounding (`kernels.fits`).
+small attention call runs as `kernels.attention`, HF's SDPA function up to float rounding (`kernels.fits`), and a
+call with the engine's decode cache asks it to store keys transposed, which that function then takes at any size
+and multiplies faster (`kernels.key_request`; the same keys, another summation order).
 
 Inside that switch, a Llama/Qwen2 layer also computes its q/k/v projections as one packed product (and the MLP's
 gate/up as another, `prepack.fused_whole`), rotates q and k at once from it where the model's rotary code is HF's
@@ -37,6 +39,7 @@ from typing import Any
 
 import torch
 
+from latentcot.decoding.rows import slack_cache
 from latentcot.models import kernels
 from latentcot.models.compat import cache_name
 
@@ -242,7 +245,8 @@ def forward(p: _Plan, embeds: torch.Tensor, mask: torch.Tensor, positions: torch
 
         cache = DynamicCache(config=p.base.config)
     causal = _mask(p, embeds, mask, positions, cache)
-    attend = (causal, kernels.blocked(causal))  # the mask, and what `kernels.attention` derives from it once per call
+    # the mask, what `kernels.attention` derives from it once per call, and the key layout asked of the cache
+    attend = (causal, kernels.blocked(causal), kernels.key_request(embeds) if slack_cache(cache) else None)
     hidden: list[torch.Tensor] = []
     if p.family == "gpt2":
         h = embeds + _call(p.base.wpe, positions).to(embeds.device)
@@ -271,9 +275,9 @@ def _mask(p: _Plan, embeds, mask, positions, cache):
 
 def _attention(p: _Plan, attn, q, k, v, attend, cache, proj):
     """Both families' tail of the attention: the cache update, HF's SDPA function, the output projection. `attend`:
-    (the call's mask, `kernels.blocked` of it)."""
-    k, v = cache.update(k, v, attn.layer_idx)
-    causal, blocked = attend
+    (the call's mask, `kernels.blocked` of it, `kernels.key_request`)."""
+    causal, blocked, ask = attend
+    k, v = cache.update(k, v, attn.layer_idx) if ask is None else cache.update(k, v, attn.layer_idx, ask)
     if kernels.fits(q, k, causal):  # small calls: batched products (CPU)
         out, _ = kernels.attention(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling, blocked=blocked)
     else:

@@ -12,14 +12,20 @@ calls the rule takes, one lost in that run: tiny-llama's 16-position prefill at 
 
 `attention` is HF's SDPA attention function (`transformers.integrations.sdpa_attention.sdpa_attention_forward`)
 computed that way: the same arguments, the same masks (a boolean mask, True = attend; None = causal for several
-queries, HF's convention: top-left, keys cut to the query count), grouped-query heads without repeating the keys
-(the query heads of one key/value head are stacked as rows of one product), and rows that may attend to nothing
-give zeros, as SDPA does. It sums in another order than the flash kernel, so values differ in the last bits (2e-7
-to 5e-7 on the bench's shapes); the engine's benches check that greedy tokens stay the same (`bench/coconut.py`
-against the cache-less loop, `bench/throughput.py` against HF `generate()`). `fits` says which calls take it: float32
-CPU calls inside the switch, without gradients, with at least `MIN_HEAD_ROWS` batch rows x query heads and at most
-`SMALL_SCORES` attention scores per key/value head and batch row; everything else is HF's function, and outside the
-engine (training, HF's own forward) nothing changes. `run.cpu_prepack=false` turns it off with the packed layers.
+queries, HF's convention: top-left, keys cut to the query count), grouped-query heads without repeating the keys (the
+query heads of one key/value head are stacked as rows of one product), and rows that may attend to nothing give zeros,
+as SDPA does. It sums in another order than the flash kernel, so values differ in the last bits (2e-7 to 5e-7 on the
+bench's shapes); the engine's benches check that greedy tokens stay the same (`bench/coconut.py` against the
+cache-less loop, `bench/throughput.py` against HF `generate()`). `fits` says which calls take it: float32 CPU calls
+inside the switch, without gradients, with at least `MIN_HEAD_ROWS` batch rows x query heads and at most
+`SMALL_SCORES` attention scores per key/value head and batch row, and every such call on keys stored transposed
+(below); everything else is HF's function, and outside the engine (training, HF's own forward) nothing changes.
+`run.cpu_prepack=false` turns it off with the packed layers.
+
+The decode cache's key layout (`key_request`, `decoding.rows.SlackLayer`): a lean call asks the engine's cache to
+store keys (d, T) per row and head, so the scores' product reads them as a plain operand; values stay (T, d).
+`python bench/attention.py --keys` times both layouts over 30 layers' caches, and `python bench/lean_step.py` whole
+steps ('keys row-major').
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 
 from latentcot.decoding.sampling import _cpu_read  # a CPU tensor's value: no device read
 
+TRANSPOSED_KEYS = True  # lean calls ask the engine's decode cache for keys stored transposed (`key_request`)
 SMALL_SCORES = 1024  # at most this many scores (queries x keys) per key/value head and batch row, and
 MIN_HEAD_ROWS = 64  # at least this many (batch row, query head) pairs: `attention` replaces the flash kernel
 
@@ -49,19 +56,49 @@ def set_active(on: bool) -> bool:
     return before
 
 
+def _inference_cpu(x: torch.Tensor) -> bool:
+    """The switch on, and `x` a float32 CPU tensor computed without gradients."""
+    return getattr(state, "on", False) and x.dtype is torch.float32 and x.is_cpu and not torch.is_grad_enabled()
+
+
+def transposed(key: torch.Tensor) -> bool:
+    """Whether `key` (B, H, T, D) is a view of keys stored transposed, (D, T) per batch row and head."""
+    return key.shape[-1] > 1 and key.stride(-1) != 1
+
+
 def fits(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether `attention` computes this call: the switch on, CPU, float32, no gradients, a boolean mask shared by
     the heads (or none), at least `MIN_HEAD_ROWS` batch rows x query heads (below that the flash kernel's set-up is
     small and its one call beats three) and at most `SMALL_SCORES` scores per key/value head and batch row (above
-    that the flash kernel's blocks win)."""
-    if not (getattr(state, "on", False) and query.dtype is torch.float32 and query.is_cpu
-            and not torch.is_grad_enabled()):
+    that the flash kernel's blocks win). Keys stored transposed (`key_request`) always fit: the flash kernel reads
+    them 5-8x slower, `attention` faster than row-major ones."""
+    if not _inference_cpu(query):
         return False
     if mask is not None and not _shared(mask):
         return False
     heads, kv_heads = query.shape[1], key.shape[1]
-    return (heads % kv_heads == 0 and query.shape[0] * heads >= MIN_HEAD_ROWS
-            and (heads // kv_heads) * query.shape[2] * key.shape[2] <= SMALL_SCORES)
+    if heads % kv_heads:
+        return False
+    return transposed(key) or (query.shape[0] * heads >= MIN_HEAD_ROWS
+                               and (heads // kv_heads) * query.shape[2] * key.shape[2] <= SMALL_SCORES)
+
+
+KEYS_TRANSPOSED = "latentcot_keys_transposed"  # the cache-kwargs key a lean call sets (`decoding.rows.SlackLayer`)
+_ASK = {KEYS_TRANSPOSED: True}
+
+
+def key_request(x: torch.Tensor) -> dict | None:
+    """The cache kwargs a lean model call on `x` (B, n, d) passes to its cache's `update`: keys stored transposed
+    where `attention` will read them (the switch on, CPU, float32, no gradients; `TRANSPOSED_KEYS`), else None
+    (keys as HF stores them).
+
+    Why: a decode step's scores q K^T multiply a few query rows by each row's keys; with K stored (T, d) the
+    batched product reads K^T as a transposed operand, with K stored (d, T) as a plain one, which the CPU's matrix
+    product reads faster: the whole attention of smollm2's decode steps at 2 to 32 rows and 128 to 1,024 keys is
+    1.1-1.5x faster than on row-major keys and 1.2-1.5x faster than the flash kernel on them, and at one row about
+    as fast as the flash kernel (`python bench/attention.py --keys`, README). Values stay (T, d), the plain operand
+    of probs V."""
+    return _ASK if TRANSPOSED_KEYS and _inference_cpu(x) else None
 
 
 def _shared(mask: torch.Tensor) -> bool:
