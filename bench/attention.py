@@ -34,6 +34,7 @@ from latentcot.cli.common import positive_int, positive_ints, run_script
 from latentcot.models import kernels
 
 MODELS = {"demo gpt2": (4, 4, 32), "tiny-llama": (4, 2, 16), "smollm2-135m": (9, 3, 64)}  # heads, kv heads, dims
+KEY_COUNTS = (128, 256, 512, 1024)  # --keys: keys per row of the decode steps
 CALLS = [("decode", 1, 32), ("decode", 1, 128), ("decode", 1, 512), ("2 after cache", 2, 34), ("prefill", 16, 16),
          ("prefill", 64, 64), ("prefill", 256, 256)]  # (kind, queries, keys)
 
@@ -115,30 +116,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     watch = preflight(args.allow_contended)
     if args.keys:
-        print(f"smollm2-135m decode step (1 query, {MODELS['smollm2-135m']} heads / kv heads / dims), us per layer "
-              f"over 30 layers' caches: flash (keys (T, d)) / bmm (keys (T, d)) / bmm (keys (d, T)), then flash and "
-              f"bmm on (T, d) against bmm on (d, T), largest output difference; <- = the engine's choice; "
-              f"{torch.get_num_threads()} thread(s)")
-        print("| keys | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
-        print("|---:|" + "---:|" * len(args.batches))
-        torch.manual_seed(0)
-        with torch.inference_mode():
-            for T in (128, 256, 512, 1024):
-                cells = [keys_cell(b, T, max(3, args.rounds // 20)) for b in args.batches]
-                print(f"| {T} | " + " | ".join(cells) + " |", flush=True)
-        print(verdict(watch))
-        return
-    print(f"us per call, HF's SDPA function (flash kernel) / kernels.attention (HF / ours, largest difference); "
-          f"* = the engine's rule (SMALL_SCORES {kernels.SMALL_SCORES}, MIN_HEAD_ROWS {kernels.MIN_HEAD_ROWS}); "
-          f"{torch.get_num_threads()} thread(s)")
-    print("| model | call (queries x keys) | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
-    print("|---|---|" + "---:|" * len(args.batches))
+        title = (f"smollm2-135m decode step (1 query, {MODELS['smollm2-135m']} heads / kv heads / dims), us per layer "
+                 f"over 30 layers' caches: flash (keys (T, d)) / bmm (keys (T, d)) / bmm (keys (d, T)), then flash "
+                 f"and bmm on (T, d) against bmm on (d, T), largest output difference; <- = the engine's choice")
+        head = ["keys"]
+        rows = ((f"{T}", lambda T=T: [keys_cell(b, T, max(3, args.rounds // 20)) for b in args.batches])
+                for T in KEY_COUNTS)
+    else:
+        title = (f"us per call, HF's SDPA function (flash kernel) / kernels.attention (HF / ours, largest difference); "
+                 f"* = the engine's rule (SMALL_SCORES {kernels.SMALL_SCORES}, MIN_HEAD_ROWS {kernels.MIN_HEAD_ROWS})")
+        head = ["model", "call (queries x keys)"]
+        rows = ((f"{model} | {kind} ({n} x {T})",
+                 lambda model=model, n=n, T=T: [cell(model, b, n, T, args.rounds) for b in args.batches])
+                for model in MODELS for kind, n, T in CALLS)
+    print(f"{title}; {torch.get_num_threads()} thread(s)")
+    print("| " + " | ".join(head) + " | " + " | ".join(f"batch {b}" for b in args.batches) + " |")
+    print("|" + "---|" * len(head) + "---:|" * len(args.batches))
     torch.manual_seed(0)
     with torch.inference_mode():
-        for model in MODELS:
-            for kind, n, T in CALLS:
-                cells = [cell(model, b, n, T, args.rounds) for b in args.batches]
-                print(f"| {model} | {kind} ({n} x {T}) | " + " | ".join(cells) + " |")
+        for label, cells in rows:
+            print(f"| {label} | " + " | ".join(cells()) + " |", flush=True)
     print(verdict(watch))
 
 
