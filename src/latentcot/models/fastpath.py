@@ -277,7 +277,7 @@ def _attention(p: _Plan, attn, q, k, v, attend, cache, proj):
     """Both families' tail of the attention: the cache update, HF's SDPA function, the output projection. `attend`:
     (the call's mask, `kernels.blocked` of it, `kernels.key_request`)."""
     causal, blocked, ask = attend
-    k, v = cache.update(k, v, attn.layer_idx) if ask is None else cache.update(k, v, attn.layer_idx, ask)
+    k, v = cache.update(k, v, attn.layer_idx, ask)  # `ask` as HF passes its cache kwargs (None: nothing asked)
     if kernels.fits(q, k, causal):  # small calls: batched products (CPU)
         out, _ = kernels.attention(attn, q, k, v, causal, dropout=0.0, scaling=attn.scaling, blocked=blocked)
     else:
