@@ -11,12 +11,19 @@ two are timed in turns, in an order shuffled every round.
 
     .venv/bin/python bench/attention.py [--threads 2] [--batches 1,8,32]
     .venv/bin/python bench/attention.py --keys [--batches 1,4,8,32]   # the decode cache's key layout
+    .venv/bin/python bench/attention.py --values [--batches 1,4,8,32]  # why values stay (T, d)
 
 `--keys` times decode steps of smollm2's shape the way a step meets them: one call per layer over 30 layers'
 caches in turn (so the keys and values come from memory, not from the CPU's caches, as in a real step), for keys
 stored as HF stores them, (T, d) per row and head, and stored transposed, (d, T) (`kernels.key_request`): HF's
 function (the flash kernel) and `kernels.attention` on each. The keys are one view of the same numbers either way;
 the largest output difference to the flash kernel on row-major keys is shown, and `<-` marks what the engine runs.
+
+`--values` does the same for the second product, probs V, with the values stored (T, d) (the engine's layout) and
+(d, T), where the product is computed the other way round, V^T probs^T, and both of its operands are plain: us per
+call over 30 layers' caches, and how many of 16 amounts of leading padding (keys with probability 0 in front of a
+row's own, as a row placed into a wider batch has them) change the product's output at all. The engine needs 0:
+its outputs do not depend on the batch a row runs in, bit for bit (`tests/test_rows.py`).
 """
 
 from __future__ import annotations
@@ -105,17 +112,52 @@ def keys_cell(batch: int, T: int, rounds: int) -> str:
         f" ({t['flash'] / t['bmm, keys (d, T)']:.2f}x, {t['bmm'] / t['bmm, keys (d, T)']:.2f}x; {diff:.0e})"
 
 
+def values_cell(batch: int, T: int, rounds: int) -> str:
+    """probs V of smollm2's decode step over 30 layers' caches: us per call with V stored (T, d), as `bmm(p, V)`,
+    and stored (d, T), as `bmm(V^T, p^T)`, their largest difference, and for each how many of 16 paddings change
+    the output."""
+    heads, kv, d = MODELS["smollm2-135m"]
+    layers, g = 30, heads // kv
+    rows = [torch.randn(batch * kv, T, d) for _ in range(layers)]
+    cols = [torch.empty(batch * kv, d, T + 16).narrow(2, 0, T).copy_(v.transpose(1, 2)) for v in rows]
+    probs = [torch.softmax(torch.randn(batch * kv, g, T), -1) for _ in range(layers)]
+    forms = {"V (T, d)": lambda p, v: torch.bmm(p, v), "V (d, T)": lambda p, v: torch.bmm(v, p.transpose(1, 2))}
+    stored = {"V (T, d)": rows, "V (d, T)": cols}
+    arms = {k: lambda f=f, vs=stored[k]: [f(probs[i], vs[i]) for i in range(layers)] for k, f in forms.items()}
+    diff = float((arms["V (T, d)"]()[0] - arms["V (d, T)"]()[0].transpose(1, 2)).abs().max())
+    t = {k: v / layers for k, v in timed(arms, rounds).items()}
+    changed = dict.fromkeys(forms, 0)
+    for pad in range(1, 17):
+        front = torch.randn(batch * kv, pad, d)  # keys the rows may not attend to: probability 0
+        v_pad = torch.cat([front, rows[0]], 1)
+        p_pad = torch.cat([torch.zeros(batch * kv, g, pad), probs[0]], -1)
+        for k, f in forms.items():
+            wide = v_pad if k == "V (T, d)" else v_pad.transpose(1, 2).contiguous()
+            changed[k] += not torch.equal(f(p_pad, wide), arms[k]()[0])
+    return (f"{t['V (T, d)']:.0f} / {t['V (d, T)']:.0f} ({t['V (T, d)'] / t['V (d, T)']:.2f}x, {diff:.0e}); "
+            f"{changed['V (T, d)']} / {changed['V (d, T)']} of 16")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,8,32", type=positive_ints, help="batch rows per call")
     ap.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
     ap.add_argument("--rounds", type=positive_int, default=200, help="timed calls of each")
     ap.add_argument("--keys", action="store_true", help="decode steps over 30 layers' caches, keys stored two ways")
+    ap.add_argument("--values", action="store_true", help="probs V over 30 layers' caches, values stored two ways")
     ap.add_argument("--allow-contended", action="store_true", help="measure even when other processes hold the cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     watch = preflight(args.allow_contended)
-    if args.keys:
+    if args.values:
+        title = (f"smollm2-135m decode step's probs V (1 query, {MODELS['smollm2-135m']} heads / kv heads / dims), "
+                 f"us per layer over 30 layers' caches: values stored (T, d), bmm(p, V) / stored (d, T), "
+                 f"bmm(V^T, p^T) (ratio, largest difference); paddings of 1-16 positions that change the output, "
+                 f"(T, d) / (d, T)")
+        head = ["keys"]
+        rows = ((f"{T}", lambda T=T: [values_cell(b, T, max(3, args.rounds // 20)) for b in args.batches])
+                for T in KEY_COUNTS)
+    elif args.keys:
         title = (f"smollm2-135m decode step (1 query, {MODELS['smollm2-135m']} heads / kv heads / dims), us per layer "
                  f"over 30 layers' caches: flash (keys (T, d)) / bmm (keys (T, d)) / bmm (keys (d, T)), then flash "
                  f"and bmm on (T, d) against bmm on (d, T), largest output difference; <- = the engine's choice")

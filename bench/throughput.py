@@ -23,6 +23,10 @@ engine with its per-row streams, HF with do_sample (no top-k), vLLM with its own
 with the nucleus cut by a sort of the whole vocabulary (`sampling.NUCLEUS_WIDTHS = ()`, the engine before
 2026-12-01), must give the same tokens as engine static (HF and vLLM draw their own random numbers).
 
+Under each batch size's rows: the share of padding in the positions the engine's decode steps attend over (its
+rows share one left-padded cache as wide as the longest row, so a short row's attention reads and masks the
+longest row's span; vLLM keeps each row's cache at its own length), and the generated lengths.
+
 Outputs are compared token for token against engine static. Arms run interleaved per batch size, so they see the
 same machine load; the bench prints the load and refuses to start when other processes hold the cores. With
 --repeats N every arm runs N times per batch size, in rounds (the arms' order rotating each round), and the table
@@ -128,9 +132,38 @@ def run_engine(method, task, exs, gen, batch: int, refill: bool, packed: bool = 
         sampling.NUCLEUS_WIDTHS, kernels.TRANSPOSED_KEYS = default_widths, default_flip
 
 
+PADDING: dict[bool, tuple[int, int]] = {}  # refill -> (positions the last run's decode steps attended over, own)
+
+
+def _counted(engine, seen: list[int]):
+    """`engine.step` counting, per call, the positions its rows attend over (rows x the cache's width) and the rows'
+    own positions among them (the rest is padding: the shared, left-padded cache's width is the longest row's)."""
+    step = engine.step
+
+    def counted(state, embeds, want_hidden=False):
+        if state.lengths:
+            n = embeds.shape[1] if embeds.dim() == 3 else 1
+            seen[0] += len(state.lengths) * (state.attention_mask.shape[1] + n)
+            seen[1] += sum(state.lengths) + len(state.lengths) * n
+        return step(state, embeds, want_hidden)
+
+    return counted
+
+
 def _run_engine(method, task, exs, gen, batch: int, refill: bool) -> tuple[float, list[list[int]]]:
     outs: list = [None] * len(exs)
     rand = lambda idx: RowRandom([row_seed(0, exs[i].id, 0) for i in idx])  # noqa: E731
+    seen = [0, 0]
+    method.engine.step = _counted(method.engine, seen)
+    try:
+        wall = _timed_run(method, task, exs, gen, batch, refill, outs, rand)
+    finally:
+        del method.engine.step  # the class's own again
+    PADDING[refill] = (seen[0], seen[1])
+    return wall, [o.token_ids for o in outs]
+
+
+def _timed_run(method, task, exs, gen, batch: int, refill: bool, outs: list, rand) -> float:
     t0 = time.perf_counter()
     with torch.no_grad():
         if refill:
@@ -141,7 +174,7 @@ def _run_engine(method, task, exs, gen, batch: int, refill: bool) -> tuple[float
             for lo in range(0, len(exs), batch):
                 idx = list(range(lo, min(lo + batch, len(exs))))
                 outs[lo : lo + len(idx)] = method.generate([exs[i] for i in idx], task, gen, rand(idx))
-    return time.perf_counter() - t0, [o.token_ids for o in outs]
+    return time.perf_counter() - t0
 
 
 def run_hf(bb: Backbone, prompts: list[list[int]], gen: GenerationConfig, batch: int) -> tuple[float, list[list[int]]]:
@@ -301,6 +334,11 @@ def main() -> None:
             per = [r / s for r, s in zip(walls[ROWKEYS], walls["engine static"])]
             print(f"|  | ({ROWKEYS}: its time / engine static's, per round: {', '.join(f'{x:.3f}' for x in per)}; "
                   f"median {statistics.median(per):.3f}) | | | | | | |")
+        pads = [f"{name} {1 - PADDING[refill][1] / PADDING[refill][0]:.1%}"
+                for name, refill in (("engine static", False), ("engine refill", True))
+                if name in got and PADDING.get(refill, (0, 0))[0]]
+        if pads:
+            print(f"|  | (padding: {', '.join(pads)} of the positions the decode steps attend over) | | | | | | |")
         lengths = sorted(len(t) for t in ref)
         print(f"|  | (generated tokens per question: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
               f"max {lengths[-1]}) | | | | | | |")
