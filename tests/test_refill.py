@@ -176,3 +176,27 @@ def test_refill_writes_new_rows_into_finished_slots(early_eos, monkeypatch):
     for i, p in enumerate(prompts):
         alone = eng.generate(eng.prefill(splice([[tokens(p)]], bb.embed, 0)), cfg)[0]
         assert (alone.token_ids, alone.finish_reason) == (outs[i].token_ids, outs[i].finish_reason)
+
+
+def test_refill_rows_seconds_add_up_to_the_loop_time(early_eos):
+    """Each row's `seconds` is its share of its prefill and of the steps it ran in: over a refilled stream they add
+    up to the stream's wall clock (not more: every step's time is split among its unfinished rows, none counted
+    twice), and every row carries at least its own prefill, the first batch's included."""
+    import time
+
+    bb = early_eos
+    eng = Engine(bb)
+    questions = ["What is 2+3?", "A longer question about plums?", "Hi", "Why?", "Four and five?", "Go on", "Nine?"]
+    prompts = [bb.encode(bb.chat_prompt(q)) for q in questions]
+    pause = 0.02  # per prefilled row: a prefill that takes a known minimum time
+
+    def start(idx):
+        time.sleep(pause * len(idx))
+        return eng.prefill(splice([[tokens(prompts[i])] for i in idx], bb.embed, 0))
+
+    t0 = time.perf_counter()
+    outs = dict(eng.generate_stream(start, len(prompts), 3, GenerationConfig(max_new_tokens=24), lambda idx: None))
+    wall = time.perf_counter() - t0
+    total = sum(o.seconds for o in outs.values())
+    assert len(outs) == len(prompts) and 0.9 * wall <= total <= wall
+    assert all(o.seconds >= pause for o in outs.values())

@@ -275,7 +275,9 @@ class Engine:
         first = list(range(min(batch_size, count)))
         if not first:
             return
+        t0 = time.perf_counter()
         state = start(first)
+        spent = time.perf_counter() - t0  # the first rows' prefill: theirs, as a fed row's is
         if not supports_rows(state.cache):
             log.info("this model's KV cache cannot drop or add rows: decoding in static batches instead")
             for lo in range(0, count, batch_size):
@@ -292,20 +294,26 @@ class Engine:
             new = start(items)
             return new, items, streams(items), time.perf_counter() - t0
 
-        yield from self._token_loop(state, first, cfg, streams(first), None, False, feed)
+        yield from self._token_loop(state, first, cfg, streams(first), None, False, feed, spent)
 
-    def _token_loop(self, state, items, cfg, rand, max_steps, want_hidden, feed=None) -> Iterator[tuple[int, RowOutput]]:
+    def _token_loop(self, state, items, cfg, rand, max_steps, want_hidden, feed=None,
+                    spent: float = 0.0) -> Iterator[tuple[int, RowOutput]]:
         """Token steps until every row is done; yields (item, RowOutput) as rows finish.
 
         One device-to-host transfer per step (the chosen ids). Finished rows are dropped from the batch when the
         cache allows it (else they feed pad tokens and their outputs are ignored); `feed(n)` may give new rows
-        (state, items, streams, seconds spent) that are appended in their place.
+        (state, items, streams, seconds spent) that are appended in their place. A row's `seconds`: its share of
+        its prefill (`spent` for the first rows, split evenly; a fed row's likewise) and of every step's wall
+        clock while it was unfinished (split among the unfinished rows), so the rows' seconds add up to the loop's
+        time.
         """
         eos = set() if cfg.ignore_eos else set(self.bb.eos_ids)
         stop = self._stop_matcher(cfg.stop)
         limit = max_steps if max_steps is not None else cfg.max_new_tokens
         compact = supports_rows(state.cache)
         rows = _Row.start(state, items)
+        for r in rows:
+            r.seconds = spent / len(rows)
         last = time.perf_counter()
         while rows:
             ids = next_tokens(state.logits, cfg, rand)  # (B,)
@@ -317,6 +325,7 @@ class Engine:
                 if not r.finished or r.ended_now:
                     r.seconds += (now - last) / live
                 r.ended_now = False
+            last = now
             for b in done:
                 yield rows[b].item, rows[b].output(self.bb, stop)
             new, slots = None, []
@@ -368,7 +377,7 @@ class Engine:
                 else:
                     state, rand = new_state, new_rand
                     rows = fresh
-                last = time.perf_counter()
+                last += seconds  # the new rows' prefill is theirs (above), not a share of the next step
 
     def _stop_matcher(self, stops: Sequence[str]) -> StopMatcher | None:
         """The stop-string matcher for `stops` (built once per engine and stop list)."""
