@@ -78,6 +78,12 @@ def test_eval_with_weights_of_other_settings_names_the_run_s_settings(tmp_path, 
     assert main(["eval", "--method", "lora", "--model", "tiny-llama", "--task", "pointer_chase", "--limit", "1",
                  "--out", str(tmp_path / "e2"), "--no-progress", f"weights={out}", "lora_r=2",
                  "max_new_tokens=2"]) == 0
+    # weights of another method: the error names the method that run trained
+    assert main(["eval", "--method", "cot_sft", "--model", "tiny-llama", "--task", "pointer_chase", "--limit", "1",
+                 "--out", str(tmp_path / "e4"), "--no-progress", f"weights={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "that run trained method 'lora': evaluate its weights with --method lora" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "e4" / "samples.jsonl").exists()
     (out / "train_config.yaml").write_text("method: [damaged\n")  # no hint then, the weights' own error stands
     assert main(["eval", "--method", "lora", "--model", "tiny-llama", "--task", "pointer_chase", "--limit", "1",
                  "--out", str(tmp_path / "e3"), "--no-progress", f"weights={out}", "lora_r=3"]) == 2
@@ -179,3 +185,16 @@ def test_kv_cache_goes_by_the_installed_versions_name_without_warnings(recwarn) 
 
     new = _version_tuple(metadata.version("transformers")) >= (5, 24)
     assert cache_name() == ("cache" if new else "past_key_values")  # reading the other name logs a warning
+
+
+def test_train_limit_option_limits_the_training_examples(tmp_path):
+    """`latentcot train --limit N` trains on the first N training examples: the setting train_limit=N."""
+    from latentcot.config import load_yaml
+
+    base = ["train", "--method", "cot_sft", "--model", "tiny-gpt2", "--task", "pointer_chase", "max_steps=1",
+            "train_batch_size=2", "--no-progress"]
+    assert main([*base, "--limit", "3", "--out", str(tmp_path / "a")]) == 0
+    assert load_yaml(str(tmp_path / "a" / "train_config.yaml"))["train"]["train_limit"] == 3
+    assert main([*base, "train_limit=3", "--out", str(tmp_path / "b")]) == 0
+    a, b = (tmp_path / d / "trainable.safetensors" for d in "ab")
+    assert a.read_bytes() == b.read_bytes()

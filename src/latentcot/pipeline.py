@@ -268,17 +268,23 @@ def build(res: Resolved) -> tuple[Method, Task]:
 
 
 def trained_with(res: Resolved) -> str | None:
-    """When `weights=` is a training run whose method settings differ from these (`lora_r`, say, which decides what
-    the trained weights are), a hint naming them as that run had them; None when there is nothing to name."""
+    """When `weights=` is a training run of another method, a hint naming it; when its method settings differ from
+    these (`lora_r`, say, which decides what the trained weights are), a hint naming them as that run had them; None
+    when there is nothing to name."""
     from latentcot.preflight import read_back_yaml
 
     path = Path(res.run.weights or "") / "train_config.yaml"
     if not path.is_file():
         return None
     try:
-        there = read_back_yaml(path).get("method")
+        data = read_back_yaml(path)
     except DataError:  # a damaged config: the error about the weights stands alone
         return None
+    run = data.get("run")
+    ran = run.get("method") if isinstance(run, dict) else None
+    if isinstance(ran, str) and ran != res.run.method:
+        return f"that run trained method {ran!r}: evaluate its weights with --method {ran}"
+    there = data.get("method")
     if not isinstance(there, dict):
         return None
     here = json.loads(json.dumps(to_dict(res.method)))

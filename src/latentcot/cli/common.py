@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, limit: str = "first N questions (0 = all)") -> None:
     p.add_argument("--method", help="method name (latentcot ls methods)")
     p.add_argument("--model", help="model alias, local dir, .gguf file or hub id (latentcot ls models)")
     p.add_argument("--task", help="task name (latentcot ls tasks)")
-    p.add_argument("--limit", type=int, help="first N questions (0 = all)")
+    p.add_argument("--limit", type=int, help=limit)
     p.add_argument("--out", help="output directory (re-running with the same one resumes)")
     p.add_argument("--config", help="YAML file of settings (key=value arguments win over it)")
     p.add_argument("--data-dir", help="benchmark data directory (default $LATENTCOT_DATA)")

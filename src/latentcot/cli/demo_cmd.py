@@ -13,7 +13,8 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo; re-running reuses it)")
     p.add_argument("--quick", action="store_true", help="a 1-2 minute variant (2-hop problems, pointer_chase only)")
-    p.add_argument("--tasks", help="comma list of synthetic tasks (default pointer_chase,pointer_chase2)")
+    p.add_argument("--tasks", help="comma list of synthetic tasks (default pointer_chase2; pointer_chase adds the "
+                   "1-token task)")
     p.add_argument("--eval-questions", type=int, help="test questions per method")
     p.add_argument("--workers", type=int, help="processes training arms at once, one thread each (default: the number "
                    "of CPU cores + 1, at most 3: after cot_sft, three arms train from it, and a third process keeps "

@@ -17,7 +17,7 @@ from latentcot.cli.common import add_run_arguments, collect, require_method
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_run_arguments(p)
+    add_run_arguments(p, limit="first N training examples (the setting train_limit=N; 0 = all)")
     p.add_argument("--launch", metavar="CONFIG", help="accelerate config YAML: run under `accelerate launch` (configs/accelerate/)")
     p.add_argument("--num-processes", type=int, help="with --launch: processes in all (default: the config's num_processes)")
 
@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from latentcot.pipeline import resolve, train_run
 
     values = collect(args)
+    if "limit" in values:  # what a user means by --limit when training: the examples trained on
+        values["train_limit"] = values.pop("limit")
     require_method(values, args.config, "train")
     res = resolve(values, args.config, smoke=args.smoke)
     if args.launch:
