@@ -107,6 +107,7 @@ CASES = [
     (["eval", "--method", "cot", "--model", "tiny-gpt2", "--task", "gsm8k", "--data-dir", "{w}/nowhere"], "no benchmark data"),
     (["eval", "--method", "cot", *RUN, "split=nope"], "no split"),
     (["eval", "--method", "cot", *RUN, "offset=100000000"], "empty"),
+    (["demo", "--tasks", "pointer_chase2,nosuch", "--out", "{w}/demo"], "unknown task 'nosuch'"),
     # checkpoints and weights
     (["eval", "--method", "cot_sft", *RUN, "weights={w}/nowhere.safetensors"], "does not exist"),
     (["eval", "--method", "cot_sft", *RUN, "weights={w}/not.safetensors"], "safetensors"),
@@ -115,7 +116,9 @@ CASES = [
     (["train", "--method", "cot_sft", *RUN, "--out", "{w}/trained", "max_steps=2", "lr=5e-2", "train_batch_size=2"],
      "train.lr"),
     (["train", "--method", "cot_sft", *RUN, "--out", "{w}/trained", "max_steps=2", "lr=1e-3", "train_batch_size=2",
-      "seed=7"], "seed"),
+      "seed=7"], "'seed' is ambiguous"),
+    (["train", "--method", "cot_sft", *RUN, "--out", "{w}/trained", "max_steps=2", "lr=1e-3", "train_batch_size=2",
+      "run.seed=7"], "set run.seed=0 to resume"),
     (["train", "--method", "cot_sft", *RUN, "max_steps=2", "adam_beta1=1.0"], "adam_beta1"),
     (["train", "--method", "cot_sft", *RUN, "--out", "{w}/nostate", "max_steps=2", "lr=1e-3", "train_batch_size=2"],
      "state.json"),

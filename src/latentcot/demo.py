@@ -328,6 +328,10 @@ def run_demo(
         workers: processes running arms at once (each with one torch thread); an arm that starts from another
             one's weights waits for it. Results do not depend on it.
     """
+    from latentcot.tasks import task_class
+
+    for name in s.tasks:
+        task_class(name)  # an unknown task is refused before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

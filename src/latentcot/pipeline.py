@@ -331,7 +331,7 @@ def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> Non
             if k not in _FREE and not (not training and k.startswith(_FREE_EVAL)) and old.get(k) != new.get(k)]
     if diff:
         k = diff[0]
-        key = "seed" if k == "run.first_seed" else k
+        key = "run.seed" if k == "run.first_seed" else k  # "seed" alone may name a task setting too
         raise ConfigError(
             f"{out_dir} holds a run with other settings ({key}: {old.get(k)!r} there, {new.get(k)!r} now): "
             f"set {key}={_show(old.get(k))} to resume it, pass another --out, or delete that directory to start over"
