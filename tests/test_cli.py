@@ -64,6 +64,24 @@ def test_train_then_eval_with_weights(tmp_path, capsys):
                  "--out", str(tmp_path / "e"), "--no-progress", f"weights={out}", "max_new_tokens=4"]) == 0
 
 
+def test_a_finished_training_run_again_keeps_its_summary(tmp_path, capsys):
+    """Re-running a finished training resumes at its last step and trains nothing: train_summary.json (loss, lr,
+    grad_norm, epoch) stays as the run wrote it, and the command prints the same line."""
+    out = tmp_path / "t"
+    args = ["train", "--method", "cot_sft", "--model", "tiny-gpt2", "--task", "pointer_chase", "--out", str(out),
+            "--no-progress", "max_steps=2", "train_batch_size=2"]
+    assert main(args) == 0
+    first, said = (out / "train_summary.json").read_text(), capsys.readouterr().out
+    assert {"loss", "lr", "grad_norm", "epoch"} <= set(json.loads(first)) and "final loss" in said
+    assert main(args) == 0
+    assert (out / "train_summary.json").read_text() == first and capsys.readouterr().out == said
+    (out / "train_summary.json").unlink()  # killed after the last checkpoint, before the summary: rebuilt from it
+    assert main(args) == 0
+    again = json.loads((out / "train_summary.json").read_text())
+    assert {k: v for k, v in again.items() if k not in ("seconds", "peak_rss_mib")} == {
+        k: v for k, v in json.loads(first).items() if k not in ("seconds", "peak_rss_mib")}
+
+
 def test_eval_with_weights_of_other_settings_names_the_run_s_settings(tmp_path, capsys):
     """Weights trained with other structure settings (a LoRA rank, here) do not fit the method built for the
     evaluation: the one-line error names the settings the run was trained with (from its train_config.yaml)."""

@@ -37,7 +37,7 @@ from latentcot.decoding.controllers import ThoughtInputs
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, next_tokens, row_seed
 from latentcot.errors import ConfigError
 from latentcot.methods.base import LossOutput, register
-from latentcot.methods.sft import apply_lora
+from latentcot.methods.sft import apply_lora, check_lora
 from latentcot.methods.soft_tokens import MODES, SoftTokens, SoftTokensConfig
 from latentcot.models.backbone import Backbone
 from latentcot.models.soft import add_gaussian_noise, dense_mixture, entropy, noise_sigma, token_probs
@@ -139,6 +139,7 @@ class RLOOConfig(SoftTokensConfig):
             check(math.isfinite(v), name, f"must be a finite number, got {v}")
         check(self.kl_coef >= 0, "kl_coef", f"must be >= 0, got {self.kl_coef}")
         check(self.lora_r >= 0, "lora_r", f"must be >= 0 (0 = full fine-tune), got {self.lora_r}")
+        check_lora(self.lora_dropout, self.lora_targets)
         check(not (self.freeze_embeddings and self.lora_r > 0), "freeze_embeddings",
               "is for full fine-tuning (lora_r=0); LoRA already leaves the embeddings frozen")
 

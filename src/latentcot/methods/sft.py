@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from latentcot.config import check
+from latentcot.errors import ConfigError
 from latentcot.methods.base import LossOutput, Method, MethodConfig, register
 from latentcot.models.backbone import Backbone
 from latentcot.models.splice import tokens
@@ -32,15 +35,45 @@ class SFTConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         check(self.lora_r >= 0, "lora_r", f"must be >= 0 (0 = full fine-tune), got {self.lora_r}")
+        check_lora(self.lora_dropout, self.lora_targets)
+
+
+def check_lora(dropout: float, targets: Sequence[str]) -> None:
+    """The LoRA settings every method with adapters checks before a model loads (PEFT would refuse them later)."""
+    check(0 <= dropout < 1, "lora_dropout", f"must be in [0, 1) (a dropout probability), got {dropout}")
+    check(len(targets) > 0, "lora_targets", "must name at least one module (or all-linear)")
 
 
 def apply_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: Sequence[str]) -> None:
-    """Wraps the backbone's model with PEFT LoRA adapters (only the adapters train)."""
+    """Wraps the backbone's model with PEFT LoRA adapters (only the adapters train).
+
+    Raises:
+        ConfigError: `targets` name no module of the model that LoRA can adapt (known only once it is loaded).
+    """
     from peft import LoraConfig, get_peft_model
 
     target = targets[0] if list(targets) == ["all-linear"] else list(targets)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type="CAUSAL_LM")
-    backbone.model = get_peft_model(backbone.model, cfg)
+    try:
+        backbone.model = get_peft_model(backbone.model, cfg)
+    except ValueError as e:  # PEFT: no module of that name (NoMatchingPeftModuleError), or of a kind it cannot adapt
+        if not str(e).startswith("Target module"):
+            raise
+        raise ConfigError(f"lora_targets: {','.join(targets)} names no module of model {backbone.name} that LoRA can "
+                          f"adapt; its modules LoRA can adapt: {', '.join(adaptable(backbone.model))}") from None
+
+
+def adaptable(model: torch.nn.Module, most: int = 12) -> list[str]:
+    """Names (last component, in model order, at most `most`) of the modules LoRA can adapt: linear layers, GPT-2's
+    Conv1D and embeddings."""
+    from transformers.pytorch_utils import Conv1D
+
+    names: list[str] = []
+    for name, m in model.named_modules():
+        short = name.rsplit(".", 1)[-1]
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding, Conv1D)) and short not in names:
+            names.append(short)
+    return names[:most] + (["..."] if len(names) > most else [])
 
 
 class _SFT(Method):
@@ -79,7 +112,14 @@ class NoCoTSFT(_SFT):
 
 @dataclass
 class LoRAConfig(SFTConfig):
+    """Attributes: as `cot_sft`'s, but LoRA is the method: lora_r >= 1 (full fine-tuning is `cot_sft`)."""
+
     lora_r: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.lora_r >= 1, "lora_r",
+              f"must be >= 1 for method lora (a full fine-tune is method cot_sft), got {self.lora_r}")
 
 
 @register("lora")

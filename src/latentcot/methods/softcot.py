@@ -27,7 +27,7 @@ from latentcot.decoding.engine import RowOutput
 from latentcot.decoding.sampling import GenerationConfig, RowRandom
 from latentcot.errors import ModelError
 from latentcot.methods.base import LossOutput, Method, MethodConfig, distinct_questions, register
-from latentcot.methods.sft import apply_lora
+from latentcot.methods.sft import apply_lora, check_lora
 from latentcot.models.backbone import Backbone
 from latentcot.models.projection import PROJECTIONS, build_projection
 from latentcot.models.splice import Piece, splice, tokens, vectors
@@ -117,6 +117,7 @@ class SoftCoTConfig(MethodConfig):
               f"must be one of {', '.join(PROJECTION_INITS)}, got {self.projection_init!r}")
         check(self.assistant_lora_r >= 0, "assistant_lora_r", f"must be >= 0 (0 = off), got {self.assistant_lora_r}")
         check(self.backbone_lora_r >= 0, "backbone_lora_r", f"must be >= 0 (0 = off), got {self.backbone_lora_r}")
+        check_lora(self.lora_dropout, self.lora_targets)
 
 
 @register("softcot")

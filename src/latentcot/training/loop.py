@@ -90,6 +90,7 @@ class TrainConfig:
         check(self.epochs > 0 or self.max_steps > 0, "epochs", "epochs or max_steps must be > 0")
         check(self.schedule in ("constant", "linear", "cosine"), "schedule", f"must be constant, linear or cosine, got {self.schedule!r}")
         check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0 (0 = off), got {self.weight_decay}")
         check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         for name in ("adam_beta1", "adam_beta2"):
             beta = getattr(self, name)
@@ -201,6 +202,7 @@ def train(
     ckpt = out_dir / "checkpoint"
     step, epoch, pos = 0, 0, 0
     before = {"seconds": 0.0, "peak_rss_mib": 0.0}  # what earlier processes of this run spent (resume)
+    last: dict[str, Any] = {}  # the last optimizer step's logs (loss, lr, grad_norm, ...): the summary reports them
     log_path = out_dir / "train_log.jsonl"
     if rt.is_main:  # one process puts back what a kill left; the others wait for it
         atomic.clean_temporaries(out_dir)
@@ -214,6 +216,7 @@ def train(
         method.load_trainable_state_dict(weights, str(ckpt))
         step, epoch, pos = st["step"], st["epoch"], st["pos"]
         before = {k: float(st.get(k, 0.0)) for k in before}
+        last = dict(st.get("last") or {})  # checkpoints made before it was recorded have none
         log.info("resumed from %s at step %d", ckpt, step)
         if step >= total:
             log.info("training already complete (%d steps)", step)
@@ -221,6 +224,10 @@ def train(
         log.info("global batch %d = %d per device x %d accumulation x %d processes (%s)", global_batch, micro,
                  cfg.grad_accum, rt.world, rt.kind)
         trim_log(log_path, step)
+    done = finished_summary(out_dir, step, total, evaluate is not None)
+    if done is not None:  # a re-run of a finished run: its summary stands as written
+        method.eval()
+        return done
     model = rt.wrap(method)  # what is called: the method, or its DDP / FSDP wrapper
     opt = rt.optimizer(opt)
     method.train()
@@ -228,7 +235,6 @@ def train(
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=f"train {method.name}",
                disable=not progress or not rt.is_main, dynamic_ncols=True)
-    last: dict[str, Any] = {}
 
     def spent() -> dict[str, float]:
         """Training seconds and peak memory of the whole run so far, across resumed processes."""
@@ -239,7 +245,7 @@ def train(
         if rt.is_main:
             save_checkpoint(ckpt, method.trainable_state_dict(), opt,
                             {"step": step, "epoch": epoch, "pos": pos, "total": total, "global_batch": global_batch,
-                             **spent()})
+                             "last": last, **spent()})
         rt.wait()
 
     while step < total:
@@ -321,6 +327,22 @@ def train(
     if rt.is_main:
         atomic.write_json(out_dir / "train_summary.json", summary)
     rt.wait()
+    return summary
+
+
+def finished_summary(out_dir: Path, step: int, total: int, evaluates: bool) -> dict[str, Any] | None:
+    """The summary a finished run wrote, when this process resumed it at its last step; None when there is training
+    (or a summary) left to do: no summary, a damaged one, one of another step count, or one without the `eval` asked
+    for now."""
+    path = out_dir / "train_summary.json"
+    if step < total or not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("steps") != step or (evaluates and "eval" not in summary):
+        return None
     return summary
 
 
