@@ -307,29 +307,24 @@ _FREE_EVAL = ("train.",)
 
 def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
     """Refuses to continue a run directory made with other result-affecting settings, naming the first one."""
-    from latentcot.preflight import read_back_yaml
+    from latentcot.preflight import first_difference, flatten, other_settings, read_back_yaml
 
     path = out_dir / name
     if not path.is_file():
         return
     training = name == "train_config.yaml"
-    old = _flatten(read_back_yaml(path))
-    new = _flatten(json.loads(json.dumps(res.to_dict())))
+    old = flatten(read_back_yaml(path))
+    new = flatten(json.loads(json.dumps(res.to_dict())))
     # A field added after the directory was made (in any section) counts as its default there.
-    defaults = _flatten(json.loads(json.dumps({sec: to_dict(type(getattr(res, sec))()) for sec in _SECTIONS})))
+    defaults = flatten(json.loads(json.dumps({sec: to_dict(type(getattr(res, sec))()) for sec in _SECTIONS})))
     old = {**{k: v for k, v in defaults.items() if k in new and k not in old}, **old}
     if training:  # training uses the first seed (data order, initialisation)
         old["run.first_seed"] = (old.get("run.seeds") or [None])[0]
         new["run.first_seed"] = (new.get("run.seeds") or [None])[0]
-    diff = [k for k in sorted(set(old) | set(new))
-            if k not in _FREE and not (not training and k.startswith(_FREE_EVAL)) and old.get(k) != new.get(k)]
-    if diff:
-        k = diff[0]
+    k = first_difference(old, new, lambda s: s in _FREE or (not training and s.startswith(_FREE_EVAL)))
+    if k is not None:
         key = "seed" if k == "run.first_seed" else k
-        raise ConfigError(
-            f"{out_dir} holds a run with other settings ({key}: {old.get(k)!r} there, {new.get(k)!r} now): "
-            f"set {key}={_show(old.get(k))} to resume it, pass another --out, or delete that directory to start over"
-        )
+        raise other_settings(out_dir, key, old.get(k), new.get(k), f"set {key}={_show(old.get(k))} to resume it")
 
 
 def _show(value: Any) -> str:
@@ -364,16 +359,6 @@ def record_warnings(out: Path, metrics: dict[str, Any], warnings: list[str]) -> 
         metrics["warnings"] = warnings
         atomic.write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and prefix == "":
-            out.update(_flatten(v, f"{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def save_config(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
