@@ -40,7 +40,7 @@ class RunConfig:
     limit: first N questions (0 = all).
     offset: skip the first N questions.
     out: output directory (default runs/<method>-<model>-<task>).
-    seeds: sampling seeds; metrics are mean +- std over them.
+    seeds: sampling seeds, each given once; metrics are mean +- std over them.
     seed: shorthand for a single seed (overrides seeds).
     batch_size: rows (question x sample) per generation batch.
     device: cpu, cuda, or auto.
@@ -93,6 +93,8 @@ class RunConfig:
         check(self.offset >= 0, "offset", f"must be >= 0, got {self.offset}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        repeated = next((s for i, s in enumerate(self.seeds) if s in self.seeds[:i]), None)
+        check(repeated is None, "seeds", f"seed {repeated} is given twice ({_show(self.seeds)}): give each seed once")
         check(self.num_shards >= 0, "num_shards", f"must be >= 0 (0 = one per launched process), got {self.num_shards}")
         check(self.shard is None or self.shard >= 0, "shard", f"must be >= 0, got {self.shard}")
         check(self.backend in ("engine", "vllm"), "backend", f"must be engine or vllm, got {self.backend!r}")
