@@ -78,6 +78,7 @@ CASES = [
     (["eval", "--method", "cot", *RUN, "batch_size=0"], "batch_size"),
     (["eval", "--method", "cot", *RUN, "top_p=2"], "top_p"),
     (["eval", "--method", "cot", *RUN, "seeds=a,b"], "seeds"),
+    (["eval", "--method", "cot", *RUN, "seeds=1,2,1"], "seeds: seed 1 is given twice"),
     (["eval", "--method", "cot", *RUN, "seed=-3"], "seed"),
     (["eval", "--method", "cot", *RUN, "max_new_tokns=4"], "unknown config key"),
     (["eval", "--method", "cot", *RUN, "oops"], "expected key=value"),

@@ -18,7 +18,7 @@ from latentcot.tasks.choice import LETTERS
 def run_score(tmp_path: Path, data: Path, task: str, rows: list, *extra: str) -> tuple[int, dict | None, Path]:
     src = tmp_path / "outs.jsonl"
     src.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    out = tmp_path / "scored"
+    out = tmp_path / f"scored-{task}"  # one directory per task: another task into it is refused
     rc = main(["score", "--task", task, str(src), "--out", str(out), "--data-dir", str(data), *extra])
     return rc, (json.loads((out / "metrics.json").read_text()) if rc == 0 else None), out
 

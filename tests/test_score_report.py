@@ -124,6 +124,54 @@ def eval_run(out: Path, data: Path, *settings: str) -> None:
     assert main(argv) == 0
 
 
+def files_of(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def refused(capsys, rc: int, needle: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("latentcot score: error:") and needle in err[0], err
+
+
+def test_score_refuses_an_eval_run_s_directory(tmp_path, shared_data, gsm8k, capsys):
+    ev = tmp_path / "ev"
+    eval_run(ev, shared_data)
+    before = files_of(ev)
+    src = write_jsonl(tmp_path / "outs.jsonl", [{"id": gsm8k[0].id, "output": f"The answer is {gsm8k[0].answer}"}])
+    capsys.readouterr()
+    rc = main(["score", "--task", "gsm8k", str(src), "--out", str(ev), "--data-dir", str(shared_data)])
+    refused(capsys, rc, "holds an evaluation run")
+    assert files_of(ev) == before  # config.yaml, samples.jsonl, metrics.json byte for byte
+
+
+def test_score_refuses_a_training_run_s_directory(tmp_path, shared_data, gsm8k, capsys):
+    trained = tmp_path / "trained"
+    (trained / "checkpoint").mkdir(parents=True)
+    (trained / "train_config.yaml").write_text("run:\n  method: cot_sft\n")
+    (trained / "checkpoint" / "state.json").write_text("{}")
+    before = files_of(trained)
+    src = write_jsonl(tmp_path / "outs.jsonl", [{"id": gsm8k[0].id, "output": "The answer is 1"}])
+    rc = main(["score", "--task", "gsm8k", str(src), "--out", str(trained), "--data-dir", str(shared_data)])
+    refused(capsys, rc, "holds a training run")
+    assert files_of(trained) == before
+
+
+def test_score_again_with_the_same_settings_and_not_with_others(tmp_path, shared_data, gsm8k, capsys):
+    a = gsm8k[0]
+    rows = [{"id": a.id, "output": f"The answer is {a.answer}"}, {"id": "no-such-id", "output": "x"}]
+    rc, first = score(tmp_path, shared_data, rows)
+    out = tmp_path / "scored"
+    written = files_of(out)
+    assert rc == 0 and set(written) == {"config.yaml", "samples.jsonl", "metrics.json", "unmatched.jsonl"}
+    rc, again = score(tmp_path, shared_data, rows)  # the same command: scored again in place, the same files
+    assert rc == 0 and again == first and files_of(out) == written
+    capsys.readouterr()
+    src = str(tmp_path / "outs.jsonl")
+    rc = main(["score", "--task", "svamp", src, "--out", str(out), "--data-dir", str(shared_data)])
+    refused(capsys, rc, "run.task: 'gsm8k' there, 'svamp' now")
+    assert files_of(out) == written
+
+
 def test_report_two_runs_and_a_scored_one(tmp_path, shared_data, gsm8k, capsys):
     r1, r2, r3 = tmp_path / "greedy", tmp_path / "sampled", tmp_path / "scored"
     eval_run(r1, shared_data)

@@ -40,7 +40,7 @@ class RunConfig:
     limit: first N questions (0 = all).
     offset: skip the first N questions.
     out: output directory (default runs/<method>-<model>-<task>).
-    seeds: sampling seeds; metrics are mean +- std over them.
+    seeds: sampling seeds, each given once; metrics are mean +- std over them.
     seed: shorthand for a single seed (overrides seeds).
     batch_size: rows (question x sample) per generation batch.
     device: cpu, cuda, or auto.
@@ -93,6 +93,8 @@ class RunConfig:
         check(self.offset >= 0, "offset", f"must be >= 0, got {self.offset}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
+        repeated = next((s for i, s in enumerate(self.seeds) if s in self.seeds[:i]), None)
+        check(repeated is None, "seeds", f"seed {repeated} is given twice ({_show(self.seeds)}): give each seed once")
         check(self.num_shards >= 0, "num_shards", f"must be >= 0 (0 = one per launched process), got {self.num_shards}")
         check(self.shard is None or self.shard >= 0, "shard", f"must be >= 0, got {self.shard}")
         check(self.backend in ("engine", "vllm"), "backend", f"must be engine or vllm, got {self.backend!r}")
@@ -313,29 +315,24 @@ _FREE_EVAL = ("train.",)
 
 def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
     """Refuses to continue a run directory made with other result-affecting settings, naming the first one."""
-    from latentcot.preflight import read_back_yaml
+    from latentcot.preflight import first_difference, flatten, other_settings, read_back_yaml
 
     path = out_dir / name
     if not path.is_file():
         return
     training = name == "train_config.yaml"
-    old = _flatten(read_back_yaml(path))
-    new = _flatten(json.loads(json.dumps(res.to_dict())))
+    old = flatten(read_back_yaml(path))
+    new = flatten(json.loads(json.dumps(res.to_dict())))
     # A field added after the directory was made (in any section) counts as its default there.
-    defaults = _flatten(json.loads(json.dumps({sec: to_dict(type(getattr(res, sec))()) for sec in _SECTIONS})))
+    defaults = flatten(json.loads(json.dumps({sec: to_dict(type(getattr(res, sec))()) for sec in _SECTIONS})))
     old = {**{k: v for k, v in defaults.items() if k in new and k not in old}, **old}
     if training:  # training uses the first seed (data order, initialisation)
         old["run.first_seed"] = (old.get("run.seeds") or [None])[0]
         new["run.first_seed"] = (new.get("run.seeds") or [None])[0]
-    diff = [k for k in sorted(set(old) | set(new))
-            if k not in _FREE and not (not training and k.startswith(_FREE_EVAL)) and old.get(k) != new.get(k)]
-    if diff:
-        k = diff[0]
+    k = first_difference(old, new, lambda s: s in _FREE or (not training and s.startswith(_FREE_EVAL)))
+    if k is not None:
         key = "run.seed" if k == "run.first_seed" else k  # "seed" alone may name a task setting too
-        raise ConfigError(
-            f"{out_dir} holds a run with other settings ({key}: {old.get(k)!r} there, {new.get(k)!r} now): "
-            f"set {key}={_show(old.get(k))} to resume it, pass another --out, or delete that directory to start over"
-        )
+        raise other_settings(out_dir, key, old.get(k), new.get(k), f"set {key}={_show(old.get(k))} to resume it")
 
 
 def _show(value: Any) -> str:
@@ -370,16 +367,6 @@ def record_warnings(out: Path, metrics: dict[str, Any], warnings: list[str]) -> 
         metrics["warnings"] = warnings
         atomic.write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and prefix == "":
-            out.update(_flatten(v, f"{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def save_config(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:

@@ -1,7 +1,7 @@
 """Checks a run makes before it writes anything: output path, device, resume settings, context length.
 
-`evaluate_run` and `train_run` call these after resolving settings and before the first file is written, so
-a mistake costs one line on stderr and leaves the output directory as it was.
+`evaluate_run`, `train_run` and `score_file` call these after resolving settings and before the first file is
+written, so a mistake costs one line on stderr and leaves the output directory as it was.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,59 @@ def check_out_dir(path: Path, field: str = "out") -> None:
         raise ConfigError(f"{field}: cannot create {path}: {probe} is a file; pass another path")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{field}: cannot write to {probe} (permission denied); pass another path")
+
+
+# The files that say what kind of run a directory holds (`run_kind`).
+TRAINING_FILES = ("train_config.yaml", "checkpoint", "trainable.safetensors", "train_log.jsonl")
+RESULT_FILES = ("samples.jsonl", "metrics.json")
+RUN_KINDS = {
+    "training": "a training run",
+    "evaluation": "an evaluation run",
+    "score": "a score run",
+    "unknown": "results without a config.yaml",
+}
+
+
+def run_kind(out_dir: Path) -> str | None:
+    """The kind of run whose files `out_dir` holds (a key of `RUN_KINDS`), or None when it holds none.
+
+    A training run's files win (an evaluation may share its directory); a config.yaml with a `score:` section is
+    a score run's, any other an evaluation's; samples.jsonl or metrics.json without a config.yaml are "unknown".
+    """
+    out_dir = Path(out_dir)
+    if any((out_dir / name).exists() for name in TRAINING_FILES):
+        return "training"
+    if (out_dir / "config.yaml").is_file():
+        return "score" if "score" in read_back_yaml(out_dir / "config.yaml") else "evaluation"
+    if any((out_dir / name).exists() for name in RESULT_FILES):
+        return "unknown"
+    return None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A run's saved settings as {"section.key": value} (one level: a nested value within a section stays whole)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and prefix == "":
+            out.update(flatten(v, f"{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def first_difference(old: dict[str, Any], new: dict[str, Any], free: Callable[[str], bool]) -> str | None:
+    """The first key (in sorted order) whose value differs between two flattened settings, keys `free` aside."""
+    return next((k for k in sorted(set(old) | set(new)) if not free(k) and old.get(k) != new.get(k)), None)
+
+
+def other_settings(out_dir: Path, key: str, there: Any, now: Any, resume: str | None = None) -> ConfigError:
+    """The refusal of a run directory made with other settings: the first differing one (`key`) with its value
+    there and now, and the ways on (`resume`: how to continue that run, when a setting can say it)."""
+    how = f"{resume}, " if resume else ""
+    return ConfigError(
+        f"{out_dir} holds a run with other settings ({key}: {there!r} there, {now!r} now): "
+        f"{how}pass another --out, or delete that directory to start over"
+    )
 
 
 def check_device(name: str) -> None:

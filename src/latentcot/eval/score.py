@@ -22,6 +22,9 @@ Output: the same `samples.jsonl` and `metrics.json` as `latentcot eval` (`eval.m
 `metrics["lines"]` counting how each line was scored, so one scorer compares every system. Optional cost fields
 (`generated_tokens`, `decode_steps`, ...) are carried into the records; the metrics that need them are left out
 unless every line has them, rather than reported from zeros.
+
+The output directory is refused (one error, nothing written) when it holds another kind of run (an evaluation, a
+training run) or a score run with other settings (`check_out_dir`); the same settings score it again in place.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from latentcot import atomic
-from latentcot.errors import DataError, LatentCotError
+from latentcot.errors import ConfigError, DataError, LatentCotError
 from latentcot.eval.metrics import compute_metrics
 from latentcot.eval.runner import METRICS, SAMPLES
 from latentcot.eval.score_input import (
@@ -49,6 +52,7 @@ from latentcot.eval.score_input import (
     read_objects,
     tolerant_key,
 )
+from latentcot.preflight import RUN_KINDS, first_difference, flatten, other_settings, read_back_yaml, run_kind
 from latentcot.tasks.answers import flexible_choice, strict_choice
 from latentcot.tasks.base import Example, Task
 
@@ -287,6 +291,27 @@ def read_lines(path: Path, fmt: str, skip_bad_lines: bool) -> tuple[list[Line], 
     return lines, bad, fmt
 
 
+def check_out_dir(out: Path, config: dict[str, Any] | None = None) -> None:
+    """Refuses `out` when it holds another kind of run (`preflight.run_kind`), or, given the `config` this scoring
+    would save, a score run whose config.yaml differs (as `latentcot eval` refuses a run directory of other
+    settings). A score run of the same settings passes: scoring it again rewrites it."""
+    kind = run_kind(out)
+    if kind is None:
+        return
+    if kind != "score":
+        raise ConfigError(f"{out} holds {RUN_KINDS[kind]}, not a score run: pass another --out for the scores")
+    if config is None:
+        return
+    old, new = flatten(read_back_yaml(out / "config.yaml")), flatten(config)
+    # The task first (another task's default split differs too); the method is named after the file, compared itself.
+    task_differs = old.get("run.task") != new.get("run.task")
+    key = "run.task" if task_differs else first_difference(old, new, lambda s: s == "run.method")
+    if key is not None:
+        flag = {"run.task": "--task", "run.split": "--split", "score.format": "--format"}.get(key)
+        resume = f"pass {flag} {old[key]} to score it again" if flag and old.get(key) is not None else None
+        raise other_settings(out, key, old.get(key), new.get(key), resume)
+
+
 def score_file(
     task: Task,
     path: str | Path,
@@ -300,10 +325,14 @@ def score_file(
     """Scores a file of outputs against `task`; writes config.yaml, samples.jsonl, metrics.json (and
     unmatched.jsonl / bad_lines.jsonl when there are such lines). Nothing is written when it raises.
 
+    Raises ConfigError, before scoring, when `out_dir` holds another kind of run or a score run with other
+    settings (`check_out_dir`).
+
     Args:
         task: the benchmark whose extractors (and, for lines without their own gold, questions) are used.
         path: the outputs (formats: `eval.score_input`).
-        out_dir: where the results go (files are rewritten, not appended: scoring is cheap and exact).
+        out_dir: where the results go (a score run of the same settings is rewritten, not appended: scoring is
+            cheap and exact).
         split: the split searched first (default: the task's test split).
         ks: pass@k / sc@k values (default: see `default_ks`).
         fmt: "auto", "jsonl" or "lm-eval".
@@ -315,7 +344,14 @@ def score_file(
     """
     path = Path(path)
     split = split or task.default_split
+    out = Path(out_dir)
+    check_out_dir(out)  # another kind of run: refused before the file is read
     lines, bad, fmt = read_lines(path, fmt, skip_bad_lines)
+    config = {
+        "run": {"method": path.stem, "model": "external", "task": task.name, "split": split},
+        "score": {"file": str(path.resolve()), "format": fmt, "strict_match": strict_match},
+    }
+    check_out_dir(out, config)
     records, how, unmatched, bad2 = score_lines(task, lines, split, strict_match, skip_bad_lines)
     bad += bad2
     if not records:
@@ -341,7 +377,6 @@ def score_file(
                 metrics.pop(k, None)
     metrics["lines"] = {**{k: how[k] for k in HOW}, "unmatched": len(unmatched), "bad": len(bad)}
     metrics.update({"method": path.stem, "task": task.name, "source": str(path), "format": fmt})
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / SAMPLES, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
     for name, rows in ((UNMATCHED, unmatched), (BAD_LINES, bad)):
@@ -350,10 +385,6 @@ def score_file(
         else:
             (out / name).unlink(missing_ok=True)
     atomic.write_json(out / METRICS, metrics)
-    config = {
-        "run": {"method": path.stem, "model": "external", "task": task.name, "split": split},
-        "score": {"file": str(path.resolve()), "format": fmt, "strict_match": strict_match},
-    }
     atomic.write_yaml(out / "config.yaml", config)
     log.debug("scored %d outputs of %d questions from %s", len(records), metrics["questions"], path)
     return metrics
