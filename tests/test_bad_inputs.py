@@ -125,6 +125,7 @@ CASES = [
     # LoRA settings (PEFT would refuse them only once the model is loaded, or take a bad one silently)
     (["train", "--method", "lora", *RUN, "max_steps=2", "lora_dropout=2"], "lora_dropout: must be in [0, 1)"),
     (["eval", "--method", "lora", *RUN, "lora_dropout=-0.5"], "lora_dropout"),
+    (["train", "--method", "lora", *RUN, "max_steps=2", "lora_alpha=0"], "lora_alpha: must be > 0"),
     (["eval", "--method", "softcot", *RUN, "lora_dropout=3", "assistant_lora_r=2"], "lora_dropout"),
     (["eval", "--method", "rloo", *RUN, "lora_dropout=1", "lora_r=2"], "lora_dropout"),
     (["train", "--method", "lora", *RUN, "max_steps=2", "lora_r=0"], "lora_r: must be >= 1"),

@@ -170,6 +170,13 @@ def test_score_again_with_the_same_settings_and_not_with_others(tmp_path, shared
     rc = main(["score", "--task", "svamp", src, "--out", str(out), "--data-dir", str(shared_data)])
     refused(capsys, rc, "run.task: 'gsm8k' there, 'svamp' now")
     assert files_of(out) == written
+    for command in ("eval", "train"):  # nor do eval and train take a score run's directory
+        method = "cot" if command == "eval" else "cot_sft"
+        rc = main([command, "--method", method, "--model", "tiny-gpt2", "--task", "gsm8k", "--out", str(out),
+                   "--data-dir", str(shared_data), "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "holds a score run" in err[0], err
+        assert files_of(out) == written
 
 
 def test_report_two_runs_and_a_scored_one(tmp_path, shared_data, gsm8k, capsys):

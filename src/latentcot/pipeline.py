@@ -315,12 +315,15 @@ _FREE_EVAL = ("train.",)
 
 def check_resume(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
     """Refuses to continue a run directory made with other result-affecting settings, naming the first one."""
-    from latentcot.preflight import first_difference, flatten, other_settings, read_back_yaml
+    from latentcot.preflight import first_difference, flatten, other_settings, read_back_yaml, run_kind
 
+    training = name == "train_config.yaml"
+    if run_kind(out_dir) == "score":  # a score run's config.yaml is not an evaluation's settings
+        kind = "a training" if training else "an evaluation"
+        raise ConfigError(f"{out_dir} holds a score run (`latentcot score`), not {kind} run: pass another --out")
     path = out_dir / name
     if not path.is_file():
         return
-    training = name == "train_config.yaml"
     old = flatten(read_back_yaml(path))
     new = flatten(json.loads(json.dumps(res.to_dict())))
     # A field added after the directory was made (in any section) counts as its default there.

@@ -139,7 +139,7 @@ class RLOOConfig(SoftTokensConfig):
             check(math.isfinite(v), name, f"must be a finite number, got {v}")
         check(self.kl_coef >= 0, "kl_coef", f"must be >= 0, got {self.kl_coef}")
         check(self.lora_r >= 0, "lora_r", f"must be >= 0 (0 = full fine-tune), got {self.lora_r}")
-        check_lora(self.lora_dropout, self.lora_targets)
+        check_lora(self.lora_alpha, self.lora_dropout, self.lora_targets)
         check(not (self.freeze_embeddings and self.lora_r > 0), "freeze_embeddings",
               "is for full fine-tuning (lora_r=0); LoRA already leaves the embeddings frozen")
 

@@ -35,11 +35,13 @@ class SFTConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         check(self.lora_r >= 0, "lora_r", f"must be >= 0 (0 = full fine-tune), got {self.lora_r}")
-        check_lora(self.lora_dropout, self.lora_targets)
+        check_lora(self.lora_alpha, self.lora_dropout, self.lora_targets)
 
 
-def check_lora(dropout: float, targets: Sequence[str]) -> None:
-    """The LoRA settings every method with adapters checks before a model loads (PEFT would refuse them later)."""
+def check_lora(alpha: float, dropout: float, targets: Sequence[str]) -> None:
+    """The LoRA settings every method with adapters checks before a model loads (PEFT would refuse them later, or
+    an adapter scaled by alpha = 0 would train nothing)."""
+    check(alpha > 0, "lora_alpha", f"must be > 0 (the adapters' scale is alpha / r), got {alpha}")
     check(0 <= dropout < 1, "lora_dropout", f"must be in [0, 1) (a dropout probability), got {dropout}")
     check(len(targets) > 0, "lora_targets", "must name at least one module (or all-linear)")
 

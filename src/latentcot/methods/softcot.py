@@ -117,7 +117,7 @@ class SoftCoTConfig(MethodConfig):
               f"must be one of {', '.join(PROJECTION_INITS)}, got {self.projection_init!r}")
         check(self.assistant_lora_r >= 0, "assistant_lora_r", f"must be >= 0 (0 = off), got {self.assistant_lora_r}")
         check(self.backbone_lora_r >= 0, "backbone_lora_r", f"must be >= 0 (0 = off), got {self.backbone_lora_r}")
-        check_lora(self.lora_dropout, self.lora_targets)
+        check_lora(self.lora_alpha, self.lora_dropout, self.lora_targets)
 
 
 @register("softcot")
