@@ -18,10 +18,8 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (latentcot ls tasks)")
     p.add_argument("file", metavar="FILE.jsonl", help="outputs to score, one JSON object per line")
-    p.add_argument(
-        "--out", help="output directory (default runs/score-<file name>-<task>); the same command rewrites it, "
-        "another run's directory is refused",
-    )  # fmt: skip
+    p.add_argument("--out", help="output directory (default runs/score-<file name>-<task>); the same command "
+                   "rewrites it, another run's directory is refused")
     p.add_argument("--data-dir", help="benchmark data directory (default $LATENTCOT_DATA)")
     p.add_argument("--source", choices=("auto", "local", "hub"), help="where the task's questions come from (default auto)")
     p.add_argument("--split", help="split searched first for questions (default: the task's test split)")
