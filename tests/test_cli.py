@@ -134,6 +134,11 @@ def test_library_deprecations_are_not_shown_to_users(tmp_path) -> None:
                      str(tmp_path / "t"), "--no-progress", "max_steps=1", "train_batch_size=2"]) == 0
     shown = [str(w.message) for w in seen if issubclass(w.category, (DeprecationWarning, FutureWarning))]
     assert shown == []
+    with warnings.catch_warnings(record=True) as seen:  # GPT-2's Conv1D layers: PEFT's note on fan_in_fan_out
+        warnings.simplefilter("always")
+        assert main(["train", "--method", "lora", "--model", "tiny-gpt2", "--task", "pointer_chase", "--out",
+                     str(tmp_path / "g"), "--no-progress", "max_steps=1", "train_batch_size=2"]) == 0
+    assert [str(w.message) for w in seen if "fan_in_fan_out" in str(w.message)] == []
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,22 @@ def test_types_are_coerced_and_checked():
         resolve({"progress": "maybe"})
 
 
+@pytest.mark.parametrize("text,number", [("8", 8), ("8.0", 8), ("1e3", 1000), (" 12 ", 12)])
+def test_whole_numbers_read_in_any_spelling_of_a_whole_number(text, number):
+    assert resolve({"max_steps": text}).train.max_steps == number
+
+
+@pytest.mark.parametrize("text", ["1.5e0", "2.5", "1e-1", "ten", "true"])
+def test_a_fraction_is_never_cut_to_a_whole_number(text):
+    with pytest.raises(ConfigError, match=f"max_steps: cannot read '{text}' as int"):
+        resolve({"max_steps": text})
+
+
+def test_lists_read_with_or_without_brackets():
+    assert resolve({"seeds": "[0, 1]"}).run.seeds == [0, 1] and resolve({"seeds": "2,3"}).run.seeds == [2, 3]
+    assert resolve({"stop": "[a,b]"}).generation.stop == ["a", "b"]
+
+
 def test_unknown_key_names_the_closest():
     with pytest.raises(ConfigError, match="temperature"):
         resolve({"temprature": "0.3"})

@@ -179,6 +179,37 @@ def test_score_again_with_the_same_settings_and_not_with_others(tmp_path, shared
         assert files_of(out) == written
 
 
+def test_a_score_run_of_the_first_scorer_is_scored_again(tmp_path, shared_data, gsm8k):
+    """A score directory written before config.yaml recorded the format and --strict-match takes the same command."""
+    import yaml
+
+    rows = [{"id": gsm8k[0].id, "output": f"The answer is {gsm8k[0].answer}"}]
+    rc, first = score(tmp_path, shared_data, rows)
+    cfg = tmp_path / "scored" / "config.yaml"
+    old = yaml.safe_load(cfg.read_text())
+    del old["score"]["format"], old["score"]["strict_match"]
+    cfg.write_text(yaml.safe_dump(old))
+    rc, again = score(tmp_path, shared_data, rows)
+    assert rc == 0 and again == first
+
+
+def test_evaluate_refuses_a_seed_given_twice(tmp_path, arith_task):
+    """The library call refuses what `seeds=0,0` on the command line is refused for: every record would be written
+    twice. Nothing is written."""
+    from latentcot.decoding.sampling import GenerationConfig
+    from latentcot.errors import ConfigError
+    from latentcot.eval.runner import evaluate
+    from latentcot.methods import build_method
+    from latentcot.models.backbone import Backbone
+    from latentcot.models.loading import load_model
+
+    m = build_method("cot", {}, Backbone(*load_model("tiny-gpt2"), "tiny-gpt2"))
+    with pytest.raises(ConfigError, match="seeds: each seed once, got 0, 1, 0"):
+        evaluate(m, arith_task, arith_task.load("test")[:2], GenerationConfig(max_new_tokens=2), [0, 1, 0],
+                 tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()
+
+
 def test_report_two_runs_and_a_scored_one(tmp_path, shared_data, gsm8k, capsys):
     r1, r2, r3 = tmp_path / "greedy", tmp_path / "sampled", tmp_path / "scored"
     eval_run(r1, shared_data)
@@ -214,3 +245,13 @@ def test_report_missing_metrics_names_the_dir(tmp_path, capsys):
     rc = main(["report", str(tmp_path / "half_run"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "half_run/metrics.json" in err[0]
+
+
+def test_report_of_a_training_run_says_to_evaluate_it(tmp_path, capsys):
+    trained = tmp_path / "sft"
+    trained.mkdir()
+    (trained / "train_config.yaml").write_text("run:\n  method: cot_sft\n")
+    rc = main(["report", str(trained), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{trained} is a training run: evaluate it" in err[0]
+    assert f"weights={trained}" in err[0] and not (tmp_path / "r").exists()

@@ -51,9 +51,15 @@ def coerce(value: Any, tp: Any, field_name: str) -> Any:
         if tp is int:
             if isinstance(value, bool):
                 raise ValueError
-            if isinstance(value, float) and not value.is_integer():
+            number = value
+            if isinstance(value, str):  # "8", and a whole number written as "8.0" or "1e3", never "1.5e0" cut to 1
+                try:
+                    return int(value)
+                except ValueError:
+                    number = float(value)
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return int(number)
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
@@ -62,8 +68,11 @@ def coerce(value: Any, tp: Any, field_name: str) -> Any:
             return str(value)
         if origin in (list, tuple):
             (inner, *_rest) = typing.get_args(tp) or (str,)
-            if isinstance(value, str):
-                items = [v for v in (s.strip() for s in value.split(",")) if v != ""]
+            if isinstance(value, str):  # "0,1", or as YAML writes a list, "[0, 1]"
+                text = value.strip()
+                if text.startswith("[") and text.endswith("]"):
+                    text = text[1:-1]
+                items = [v for v in (s.strip() for s in text.split(",")) if v != ""]
             else:
                 items = list(value)
             out = [coerce(v, inner, field_name) for v in items]

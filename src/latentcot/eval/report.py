@@ -66,6 +66,11 @@ def load_run(path: str | Path) -> RunSummary:
         raise DataError(f"{path} is not a directory: pass run directories written by `latentcot eval` or `score`")
     mfile = path / METRICS
     if not mfile.is_file():
+        from latentcot.preflight import run_kind
+
+        if run_kind(path) == "training":  # a training run: its evaluation is a run of its own
+            raise DataError(f"{path} is a training run: evaluate it (`latentcot eval --method M ... weights={path} "
+                            "--out DIR`) and report DIR")
         raise DataError(
             f"{mfile} not found: {path} is not a finished run (run `latentcot eval --out {path}` to finish it)"
         )

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from latentcot import atomic
 from latentcot.decoding.sampling import GenerationConfig, RowRandom, row_seed
+from latentcot.errors import ConfigError
 from latentcot.eval.metrics import compute_metrics
 from latentcot.methods.base import Method, generate_batched, output_row
 from latentcot.tasks.base import Example, Task
@@ -131,6 +132,8 @@ def evaluate(
     (question, seed, sample) at once instead of waiting for its whole batch; each row's output is the same as in
     a static batch, and records are appended as rows finish.
     """
+    if len(set(seeds)) < len(seeds):  # each (question, seed, sample) is one record
+        raise ConfigError(f"seeds: each seed once, got {', '.join(map(str, seeds))}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / SAMPLES

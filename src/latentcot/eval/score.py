@@ -303,6 +303,8 @@ def check_out_dir(out: Path, config: dict[str, Any] | None = None) -> None:
     if config is None:
         return
     old, new = flatten(read_back_yaml(out / "config.yaml")), flatten(config)
+    # a setting the first scorer did not record (format, strict_match) counts as this scoring's there
+    old = {**{k: v for k, v in new.items() if k.startswith("score.") and k not in old}, **old}
     # The task first (another task's default split differs too); the method is named after the file, compared itself.
     task_differs = old.get("run.task") != new.get("run.task")
     key = "run.task" if task_differs else first_difference(old, new, lambda s: s == "run.method")

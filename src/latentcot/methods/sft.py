@@ -6,6 +6,7 @@ Full fine-tuning suits tiny models trained from scratch; real backbones use LoRA
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -57,7 +58,9 @@ def apply_lora(backbone: Backbone, r: int, alpha: int, dropout: float, targets: 
     target = targets[0] if list(targets) == ["all-linear"] else list(targets)
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, task_type="CAUSAL_LM")
     try:
-        backbone.model = get_peft_model(backbone.model, cfg)
+        with warnings.catch_warnings():  # GPT-2's Conv1D layers: PEFT sets fan_in_fan_out itself and says so
+            warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
+            backbone.model = get_peft_model(backbone.model, cfg)
     except ValueError as e:  # PEFT: no module of that name (NoMatchingPeftModuleError), or of a kind it cannot adapt
         if not str(e).startswith("Target module"):
             raise
