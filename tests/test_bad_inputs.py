@@ -109,6 +109,10 @@ CASES = [
     (["eval", "--method", "cot", *RUN, "split=nope"], "no split"),
     (["eval", "--method", "cot", *RUN, "offset=100000000"], "empty"),
     (["demo", "--tasks", "pointer_chase2,nosuch", "--out", "{w}/demo"], "unknown task 'nosuch'"),
+    # settings a method checks only on its first batch: the config written before it is removed again
+    (["eval", "--method", "assist_cot", *RUN, "--limit", "1", "hint_tokens=100000"], "longer than the model's context"),
+    (["train", "--method", "softcot", *RUN, "max_steps=1", "num_thoughts_train=3000"], "assistant prompt"),
+    (["train", "--method", "codi", *RUN, "max_steps=1", "distill_anchor=zzzz"], "distill_anchor"),
     # checkpoints and weights
     (["eval", "--method", "cot_sft", *RUN, "weights={w}/nowhere.safetensors"], "does not exist"),
     (["eval", "--method", "cot_sft", *RUN, "weights={w}/not.safetensors"], "safetensors"),

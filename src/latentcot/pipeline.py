@@ -6,6 +6,7 @@ The CLI, the demo and user scripts all go through here, so `latentcot eval ...` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -372,6 +373,23 @@ def record_warnings(out: Path, metrics: dict[str, Any], warnings: list[str]) -> 
     return metrics
 
 
+@contextlib.contextmanager
+def first_write(out_dir: Path, name: str):
+    """Around a run's first write (its `name` config) and the work after it: when that work fails before it has
+    written anything else (a setting a method only checks on its first batch, say), the config this run wrote is
+    removed again (and the directory, when this run made it), so the corrected command starts afresh instead of
+    being refused as a resume with other settings."""
+    made_dir, made = not out_dir.exists(), not (out_dir / name).exists()
+    try:
+        yield
+    except Exception:
+        if made and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {name}:
+            (out_dir / name).unlink(missing_ok=True)
+            if made_dir:
+                out_dir.rmdir()
+        raise
+
+
 def save_config(out_dir: Path, res: Resolved, name: str = "config.yaml") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = res.to_dict()
@@ -407,13 +425,14 @@ def evaluate_run(res: Resolved, method: Method | None = None, task: Task | None 
     examples = select_examples(task, res.run.split, res.run.offset, res.run.limit)
     check_context(method, task, examples, res.generation.max_new_tokens)
     warning = warn_untrained(method, res.run.weights) if built else None
-    save_config(out, res)  # the first write: settings, model, weights and data are all checked by now
-    if n == 1:
-        metrics = evaluate(method, task, examples, res.generation, res.run.seeds, out, res.run.batch_size,
-                           res.run.progress, refill=refill)
-        return record_warnings(out, metrics, [warning] if warning else [])
-    return evaluate_sharded(method, task, examples, res.generation, res.run.seeds, out, n, mine, res.run.batch_size,
-                            res.run.progress, refill=refill)
+    with first_write(out, "config.yaml"):
+        save_config(out, res)  # the first write: settings, model, weights and data are all checked by now
+        if n == 1:
+            metrics = evaluate(method, task, examples, res.generation, res.run.seeds, out, res.run.batch_size,
+                               res.run.progress, refill=refill)
+            return record_warnings(out, metrics, [warning] if warning else [])
+        return evaluate_sharded(method, task, examples, res.generation, res.run.seeds, out, n, mine,
+                                res.run.batch_size, res.run.progress, refill=refill)
 
 
 def training_examples(res: Resolved, task: Task) -> list[Example]:
@@ -433,8 +452,6 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
     """`latentcot train`: trains on the task's train split, resuming from the output directory's checkpoint."""
     import torch
 
-    from latentcot.training.loop import train
-
     out = res.out_dir
     preflight(res, out)
     check_resume(out, res, "train_config.yaml")
@@ -449,7 +466,14 @@ def train_run(res: Resolved, method: Method | None = None, task: Task | None = N
     from latentcot.training.checkpoint import check_checkpoint
 
     check_checkpoint(out / "checkpoint")
-    save_config(out, res, "train_config.yaml")  # the first write: settings, model and data are checked by now
+    with first_write(out, "train_config.yaml"):
+        save_config(out, res, "train_config.yaml")  # the first write: settings, model and data are checked by now
+        return _train(res, method, task, examples, train_cfg, out)
+
+
+def _train(res: Resolved, method: Method, task: Task, examples: list[Example], train_cfg, out: Path) -> dict[str, Any]:
+    from latentcot.training.loop import train
+
     evaluate_fn = None
     if res.run.eval_limit:
         from latentcot.eval.runner import evaluate
