@@ -40,9 +40,9 @@ def test_a_fraction_is_never_cut_to_a_whole_number(text):
         resolve({"max_steps": text})
 
 
-def test_lists_read_with_or_without_brackets():
+def test_lists_of_numbers_read_with_or_without_brackets():
     assert resolve({"seeds": "[0, 1]"}).run.seeds == [0, 1] and resolve({"seeds": "2,3"}).run.seeds == [2, 3]
-    assert resolve({"stop": "[a,b]"}).generation.stop == ["a", "b"]
+    assert resolve({"stop": "[END],[/INST]"}).generation.stop == ["[END]", "[/INST]"]  # text keeps its brackets
 
 
 def test_unknown_key_names_the_closest():

@@ -68,9 +68,9 @@ def coerce(value: Any, tp: Any, field_name: str) -> Any:
             return str(value)
         if origin in (list, tuple):
             (inner, *_rest) = typing.get_args(tp) or (str,)
-            if isinstance(value, str):  # "0,1", or as YAML writes a list, "[0, 1]"
+            if isinstance(value, str):  # "0,1", or numbers as YAML writes a list, "[0, 1]" (text keeps its brackets)
                 text = value.strip()
-                if text.startswith("[") and text.endswith("]"):
+                if inner is not str and text.startswith("[") and text.endswith("]"):
                     text = text[1:-1]
                 items = [v for v in (s.strip() for s in text.split(",")) if v != ""]
             else:
